@@ -1,0 +1,42 @@
+"""Shared fixtures. The real test footage lives in ../shared/data beside the checkout (CI has it);
+it is read from there and never copied into the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _footage_root() -> Path | None:
+    env = os.environ.get("LORAFX_TEST_FOOTAGE")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "bedroom").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def bedroom_dir() -> Path:
+    """49 real 960x540 sRGB JPEG frames (00000.jpg..00048.jpg) of handheld footage."""
+    root = _footage_root()
+    if root is None:
+        pytest.skip("real footage ../shared/data/bedroom not present (set LORAFX_TEST_FOOTAGE)")
+    return root / "bedroom"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _limit_threads():
+    # 2-core CI machine: keep torch from oversubscribing when several processes run.
+    try:
+        import torch
+
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    except ImportError:
+        pass
+    yield
