@@ -40,3 +40,11 @@ def _limit_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_stack():
+    """A Wan2.1-I2V stack with the real classes at toy size, random weights (built once)."""
+    from lorafx.server.method.stack import build_tiny_stack
+
+    return build_tiny_stack(seed=0)

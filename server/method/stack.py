@@ -217,3 +217,32 @@ def real_transformer_config() -> dict:
                 out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280,
                 added_kv_proj_dim=5120, rope_max_seq_len=1024)
+
+
+LOW_MEMORY_SWITCHES = ("group_offload", "fp8_storage", "gradient_checkpointing")
+
+
+def apply_low_memory(stack: WanStack, *, group_offload: bool = False, fp8_storage: bool = False,
+                     offload_device: str | torch.device = "cpu", blocks_per_group: int = 1) -> WanStack:
+    """The paper's App. C switches, from diffusers itself:
+    - group_offload: frozen transformer blocks live on `offload_device` and are moved to the compute
+      device one group at a time (CUDA streams overlap the copies when on a GPU);
+    - fp8_storage: frozen weights stored as float8_e4m3fn, upcast per layer to the compute dtype.
+    Apply before adding LoRA adapters (adapters stay float32 and on the compute device).
+    (Temporal-window training and gradient checkpointing are TrainSettings switches.)"""
+    transformer = stack.transformer
+    if fp8_storage:
+        compute = stack.dtype if stack.dtype != torch.float32 else torch.bfloat16
+        # the modules diffusers keeps out of fp8 (patch embedding, norms) must already be in the
+        # compute dtype; the real model loads in bf16, the tiny CPU stack in fp32.
+        transformer.to(compute)
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+        stack.dtype = compute
+        stack.low_memory["fp8_storage"] = True
+    if group_offload:
+        use_stream = stack.device.type == "cuda"
+        transformer.enable_group_offload(onload_device=stack.device, offload_device=torch.device(offload_device),
+                                         offload_type="block_level", num_blocks_per_group=blocks_per_group,
+                                         use_stream=use_stream)
+        stack.low_memory["group_offload"] = str(offload_device)
+    return stack
