@@ -9,6 +9,7 @@ are pushed by the queue and the adapter cache as they happen.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
@@ -22,6 +23,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .store import JobStore
+
+log = logging.getLogger("lorafx.jobs.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -58,8 +61,13 @@ class _ScrapeTimeCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         store = self._metrics.store
+        counts = None
         if store is not None:
-            counts = store.count_by_state()
+            try:
+                counts = store.count_by_state()
+            except Exception:  # a scrape must still answer (memory) if the database does not
+                log.exception("metrics: could not read job counts")
+        if counts is not None:
             queued = sum(n for (_, state), n in counts.items() if state == "queued")
             yield GaugeMetricFamily("lorafx_queue_length", "Jobs waiting to run.", value=queued)
             by_state = GaugeMetricFamily("lorafx_jobs", "Jobs in the database by kind and state.",
