@@ -322,3 +322,22 @@ def test_a_failing_event_callback_does_not_break_the_job(store):
         assert q.wait(q.submit("render", "sh010"), timeout=10).state == "done"
     finally:
         q.stop()
+
+
+def test_one_worker_per_gpu_runs_jobs_side_by_side(store):
+    barrier = threading.Barrier(2, timeout=10)  # both jobs must be running at the same time
+    devices = []
+
+    def render(job, ctx):
+        devices.append(ctx.device_index)
+        barrier.wait()
+        return {}
+
+    q = make_queue(store, {"render": render}, workers=2)
+    q.start()
+    try:
+        ids = [q.submit("render", "sh010", client=c) for c in ("alice", "bob")]
+        states = [q.wait(i, timeout=15).state for i in ids]
+    finally:
+        q.stop()
+    assert states == ["done", "done"] and sorted(devices) == [0, 1]

@@ -138,6 +138,8 @@ def test_only_one_process_may_execute_jobs_from_a_database(tmp_path, store):
     try:
         with pytest.raises(Busy):
             other.acquire_owner_lock()
+        with pytest.raises(Busy):  # recovering a live server's jobs would run them twice
+            other.recover()
         store.release_owner_lock()
         other.acquire_owner_lock()  # free again once released
     finally:

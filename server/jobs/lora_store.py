@@ -254,7 +254,12 @@ class TrainCheckpoint:
 
 # ---------------------------------------------------------------------- the store
 class LoraStore:
-    """Adapters and training checkpoints under ``root``. Thread-safe."""
+    """Adapters and training checkpoints under ``root``. Thread-safe.
+
+    ``keep_checkpoints`` (>= 2 recommended, the default) keeps the previous checkpoint while a
+    new one is written and recorded, so the one a job last recorded in the job database always
+    still exists when a crash hits in between.
+    """
 
     def __init__(self, root: str | os.PathLike, *, keep_checkpoints: int = 2,
                  sweep_temp_older_than_s: float = 600.0):

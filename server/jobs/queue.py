@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorafx.errors import Busy, Cancelled, InvalidInput, LorafxError, NotFound
+from lorafx.errors import Busy, Cancelled, InvalidInput, LorafxError
 
 from .metrics import LorafxMetrics
 from .store import DEFAULT_MAX_ATTEMPTS, Checkpoint, Job, JobStore
@@ -141,9 +141,17 @@ class JobContext:
 class JobQueue:
     """Durable, fair, cancellable job execution.
 
-    ``runners`` maps a job kind ("train", "render", "mask") to its runner. ``on_event(job_id,
-    event)`` is called for every state change and progress report (after it is committed);
-    it runs on the submitting or worker thread, so it should hand off quickly (e.g. put on a
+    ``runners`` maps a job kind ("train", "render", "mask") to its runner. ``workers`` is the
+    number of GPUs: worker i runs one job at a time and passes ``device_index=i`` to it.
+
+    ``on_event(job_id, event)`` receives dicts with ``type``, ``job_id``, ``time`` (epoch s) and:
+      "state"            state, job (Job.to_dict())         -- queued/running/done/failed/
+                                                               cancelled, after the commit
+      "progress"         stage, step, total, loss, message, eta_s, step_s, elapsed_s, attempt
+      "checkpoint"       path, step                          -- a resume point was recorded
+      "cancel_requested" state                               -- the runner will stop at its
+                                                               next step
+    It runs on the submitting or worker thread, so it should hand off quickly (e.g. put on a
     socket queue). Exceptions it raises are logged and ignored.
     """
 
@@ -194,7 +202,8 @@ class JobQueue:
         asked to stop at their next step and go back to the queue (resuming from their last
         checkpoint next start, the interruption not counted as an attempt); without it they run
         to completion. Returns False if a worker was still busy after ``timeout`` -- its job
-        stays ``running`` in the database and is recovered at the next start."""
+        stays ``running`` in the database and is recovered at the next start. A stopped queue
+        cannot be restarted; make a new JobQueue on the same store."""
         with self._cond:
             self._stopping = True
             contexts = list(self._running.values())

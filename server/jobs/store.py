@@ -489,7 +489,10 @@ class JobStore:
         - it has been started ``max_attempts`` times -> failed (code ``internal``), so a job
           that kills the server does not do so forever;
         - otherwise -> queued again, keeping its checkpoint so the runner resumes from it.
+
+        Takes the owner lock first: "recovering" the jobs of a live server would run them twice.
         """
+        self.acquire_owner_lock()
         report = RecoveryReport()
         now = time.time()
         with self._tx() as con:
