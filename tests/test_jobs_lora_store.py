@@ -290,3 +290,19 @@ def test_use_holds_the_model_until_the_render_ends():
 def test_adapter_name_is_peft_safe():
     name = adapter_name("sh010.v2-comp", KEY)
     assert "." not in name and "-" not in name and name.endswith(KEY[:16])
+
+
+def test_exclusive_blocks_adapter_switches_and_forgets_the_active_adapter():
+    model = FakeModel()
+    cache = AdapterCache(2, model.load, model.activate, model.evict)
+    cache.activate("sh010")
+    switched = threading.Event()
+    with cache.exclusive():  # e.g. training a fresh adapter on the shared model
+        t = threading.Thread(target=lambda: (cache.activate("sh020"), switched.set()))
+        t.start()
+        assert not switched.wait(0.1)
+    t.join(5)
+    assert switched.is_set() and cache.loaded == ["sh010", "sh020"]
+    with cache.exclusive():
+        model.active = None  # the block may leave any adapter (or none) active
+    assert cache.active is None

@@ -582,6 +582,18 @@ class AdapterCache:
                 self._active = key
             yield key
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model for work that manages adapters itself (training a new adapter, a
+        baseline render with no LoRA). Afterwards the cache no longer assumes which adapter is
+        active; the next ``use()`` re-activates its own."""
+        with self._model_lock:
+            try:
+                yield
+            finally:
+                with self._state_lock:
+                    self._active = None
+
     def activate(self, key: Hashable) -> None:
         """Load if needed and activate, without holding the model afterwards."""
         with self.use(key):
