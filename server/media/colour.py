@@ -235,7 +235,7 @@ class ColourTransform:
 
     @staticmethod
     def _apply(processor, rgb: np.ndarray) -> np.ndarray:
-        out = np.ascontiguousarray(rgb, dtype=np.float32).copy()
+        out = np.array(rgb, dtype=np.float32, order="C", copy=True)  # OCIO works in place
         if out.shape[-1] != 3:
             raise InvalidInput(f"colour conversion needs RGB (..., 3), got shape {rgb.shape}")
         if out.size:

@@ -286,12 +286,15 @@ class PlateSequence:
                 f"{self.spec.first}-{self.spec.last}", frame=frame_number) from None
 
 
-def read_sequence(pattern: str, first: int, last: int) -> PlateSequence:
+def read_sequence(pattern: str, first: int, last: int,
+                  data_window: Window | None = None) -> PlateSequence:
     """Read frames `first..last` of `pattern` into one (F, H, W, C) float32 array.
 
     Every frame must exist (InvalidInput lists the missing frame numbers), be readable, and share
-    the first frame's display window, data window and channel set (channels are matched by name,
-    so a frame whose file stores them in another order is reordered)."""
+    the first frame's display window and channel set (channels are matched by name, so a frame
+    whose file stores them in another order is reordered). Data windows must match too, unless
+    `data_window` is given: then every frame is placed onto it (zero outside its own data
+    window), which is how auto-cropped renders such as roto mattes are read."""
     spec = SequenceSpec(pattern, first, last)
     missing = spec.missing()
     if missing:
@@ -303,6 +306,9 @@ def read_sequence(pattern: str, first: int, last: int) -> PlateSequence:
     ref: Frame | None = None
     for i, number in enumerate(spec.frames):
         fr = read_frame(spec.path(number))
+        if data_window is not None and fr.data_window != data_window:
+            fr.pixels = conform_to_window(fr.pixels, fr.data_window, data_window)
+            fr.data_window = data_window
         if ref is None:
             ref = fr
             # One preallocated block: a 4K plate must not be held twice while stacking.
