@@ -13,9 +13,9 @@ from lorafx.server.masks.ops import bbox_mask
 from lorafx.server.media.colour import ColourSettings, ColourTransform
 from lorafx.server.media.composite import composite, feathered_alpha
 from lorafx.server.media.io import Window, read_frame, write_exr_atomic
-from lorafx.server.media.plate import (composite_window, from_model_space, load_shot_inputs,
-                                       make_contact_sheet, pick_matte_channel, to_model_space,
-                                       write_result_sequence)
+from lorafx.server.media.plate import (composite_window, display_frames, from_model_space,
+                                       load_shot_inputs, make_contact_sheet, masks_to_plate,
+                                       pick_matte_channel, to_model_space, write_result_sequence)
 from lorafx.server.media.roi import resize_mask
 
 FIRST, LAST = 1001, 1049
@@ -273,3 +273,19 @@ def test_contact_sheet(inputs, tmp_path):
     label_band = img.pixels[8:8 + 28, 8:8 + 300]
     assert label_band.max() > 0.5  # the label text was drawn
     np.testing.assert_allclose(img.pixels[8 + 28 + 100, 8 + 832 + 8 + 100, 0], 1.0)
+
+
+def test_display_frames_and_masks_back_to_the_plate(shot):
+    """The no-matte route: plate -> display frames (what SAM2 sees) -> masks -> plate matte."""
+    from lorafx.server.media.io import read_sequence
+
+    plate = read_sequence(str(shot / "plate.####.exr"), FIRST, FIRST + 2)
+    small = display_frames(plate, max_width=488)
+    assert small.shape == (3, 278, 488, 3) and 0.0 <= small.min() and small.max() <= 1.0
+    masks = np.zeros((3, 278, 488), bool)
+    masks[:, 100:150, 200:260] = True
+    matte = masks_to_plate(masks, plate)
+    assert matte.shape == (3, 556, 976) and set(np.unique(matte)) == {0.0, 1.0}
+    assert abs(matte[0].sum() / 4.0 - masks[0].sum()) < 0.05 * masks[0].sum()
+    inp = load_shot_inputs(str(shot / "plate.####.exr"), matte, FIRST, FIRST + 2)
+    assert inp.matte_channel == "array" and inp.matte.sum() == matte.sum()

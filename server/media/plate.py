@@ -50,6 +50,8 @@ __all__ = [
     "composite_window",
     "write_result_sequence",
     "make_contact_sheet",
+    "display_frames",
+    "masks_to_plate",
 ]
 
 
@@ -345,6 +347,49 @@ def write_result_sequence(frames: Sequence[Frame], pattern: str, frame_numbers: 
             fr.display_window, md, compression=compression, pixel_type=types,
             source_attributes=fr.attributes, source_attribute_types=fr.attribute_types))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Mattes from clicks (SAM2 runs on display-referred frames of the whole plate)
+
+
+def display_frames(plate: PlateSequence, colour: ColourSettings | None = None,
+                   max_width: int = 1024) -> np.ndarray:
+    """The whole plate (data window) as display-referred RGB in [0, 1], shrunk to at most
+    `max_width` wide (aspect kept): what SAM2 or a preview looks at when there is no matte yet.
+    Clip mode regardless of `colour.highlight_mode` (masks only need to see the picture)."""
+    colour = colour or ColourSettings()
+    transform = ColourTransform(ColourSettings(config=colour.config,
+                                               plate_space=colour.plate_space,
+                                               model_space=colour.model_space))
+    rgb_index = find_channels(plate.channels, ("R", "G", "B"), what=plate.spec.pattern)
+    F, H, W = plate.pixels.shape[:3]
+    scale = min(1.0, max_width / W)
+    size = (max(1, round(W * scale)), max(1, round(H * scale)))
+    out = np.empty((F, size[1], size[0], 3), dtype=np.float32)
+    for i in range(F):
+        model, _ = transform.to_model(plate.pixels[i][..., rgb_index])
+        out[i] = np.clip(resize(model[None], size)[0], 0.0, 1.0)
+    return out
+
+
+def masks_to_plate(masks: np.ndarray, plate: PlateSequence) -> np.ndarray:
+    """Masks (F, h, w) made on `display_frames` output -> a matte (F, H, W) float32 {0, 1} on the
+    plate's data window (bilinear upsampling of the binary mask, then >= 0.5: smooth edges
+    instead of nearest-neighbour stairs), ready for `load_shot_inputs(plate, matte_array, ...)`."""
+    import torch
+    import torch.nn.functional as tF
+
+    m = np.asarray(masks, dtype=np.float32)
+    F, H, W = plate.pixels.shape[:3]
+    if m.ndim != 3 or m.shape[0] != F:
+        raise InvalidInput(f"masks have shape {m.shape}; the plate has {F} frames")
+    out = np.empty((F, H, W), dtype=np.float32)
+    for i in range(F):
+        up = tF.interpolate(torch.from_numpy(m[i][None, None]), size=(H, W), mode="bilinear",
+                            align_corners=False)
+        out[i] = (up[0, 0].numpy() >= 0.5)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
