@@ -58,10 +58,16 @@ class Busy(LorafxError):
     code = "busy"
 
 
+class CorruptFile(LorafxError):
+    """A stored file (LoRA, checkpoint) failed its integrity check and was not used."""
+
+    code = "corrupt_file"
+
+
 ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (LorafxError, InvalidInput, NotFound, Cancelled, ProtocolError, VersionMismatch,
-                TooLarge, Unauthorized, Busy)
+                TooLarge, Unauthorized, Busy, CorruptFile)
 }
 
 

@@ -450,7 +450,7 @@ class LorafxService:
 
                 raise TooLarge(f"{len(frames)} frames exceed the message limit; fetch at most {i} at a time",
                                max_frames=i)
-            descs.append({"buf": i, "dtype": "f16" if dtype == np.float16 else "f32", "shape": list(px.shape),
+            descs.append({"buf": i + 1, "dtype": "f16" if dtype == np.float16 else "f32", "shape": list(px.shape),
                           "channels": chans, "frame": f, "role": "result"})
             arrays.append(px)
         return {"shot": shot.name, "job": job_id, "frames": descs}, arrays
@@ -530,7 +530,12 @@ class LorafxService:
         inputs = load_inputs(spec, self.model.resolution)
         resume = None
         if ctx.resume_from is not None and params.get("resume", True):
-            ck = self.loras.load_checkpoint_dir(ctx.resume_from.path, device=self.stack.device)
+            from lorafx.server.jobs.lora_store import CorruptFile
+
+            try:
+                ck = self.loras.load_checkpoint_dir(ctx.resume_from.path, device=self.stack.device)
+            except (CorruptFile, NotFound):  # damaged or gone: the newest checkpoint that verifies
+                ck = self.loras.load_checkpoint(job.shot, key, device=self.stack.device)
             resume = TrainState(step=ck.step, lora=ck.lora_state, optimizer=ck.optimizer_state,
                                 stage=ck.metadata.get("stage", "motion"))
             ctx.log.info("resuming %s from step %d", job.id, ck.step)
@@ -544,7 +549,7 @@ class LorafxService:
         def progress(stage, step, total, loss):
             ctx.progress(stage, step, total, loss)
 
-        with self.cache._model_lock:  # nothing else may switch adapters while this one trains
+        with self.cache.exclusive():  # nothing else may switch adapters while this one trains
             try:
                 result = train_shot(self.stack, inputs, settings, adapter, on_progress=progress,
                                     should_stop=ctx.cancelled.is_set, checkpoint_fn=checkpoint, resume=resume)
@@ -559,6 +564,7 @@ class LorafxService:
         self._register_lora(job.shot, name, key)
         self.cache.invalidate((job.shot, key))
         return {"lora": name, "key": key, "steps": result.steps, "final_loss": result.final_loss,
+                "resumed_from": resume.step if resume is not None else None,
                 "seconds": round(result.seconds, 2), "path": str(self.loras.path_for(job.shot, key))}
 
     def _register_lora(self, shot_name: str, name: str, key: str) -> None:
@@ -585,7 +591,7 @@ class LorafxService:
 
         key = None
         if params.get("no_lora"):
-            with self.cache._model_lock:
+            with self.cache.exclusive():
                 lora_ops.activate(self.stack, None)
                 video = render_shot(self.stack, inputs, render_settings, None, on_progress=progress,
                                     should_stop=ctx.cancelled.is_set)

@@ -53,6 +53,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import lorafx
+from lorafx import errors
 from lorafx.errors import InvalidInput, LorafxError, NotFound
 
 from .metrics import LorafxMetrics
@@ -69,10 +70,7 @@ _STEP_DIR_RE = re.compile(r"^step-(\d{8,})$")
 _TEMP_PREFIXES = (".tmp-", ".trash-")
 
 
-class CorruptFile(LorafxError):
-    """A stored adapter or checkpoint failed its integrity check (truncated, bit rot, edited)."""
-
-    code = "corrupt_file"
+CorruptFile = errors.CorruptFile  # one class, so the wire code maps back to it (errors.ERRORS_BY_CODE)
 
 
 # ---------------------------------------------------------------------- settings hash

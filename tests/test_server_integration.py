@@ -1,0 +1,188 @@
+"""A real `lorafx serve` process on loopback, driven by the real protocol client, on EXR plates
+made from the real bedroom footage: train + render with bit-exact passthrough outside the matte,
+bad input over the wire, kill -9 + restart + resume, cancel."""
+
+import os
+import signal
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from lorafx.errors import InvalidInput, NotFound
+from lorafx.protocol.client import Client
+from lorafx.server.app.cli import start_server_process
+from lorafx.server.media.io import read_frame
+
+FIRST, N = 1001, 9
+W, H = 192, 108  # the 960x540 bedroom plate, downscaled to keep CPU tests fast
+
+
+@pytest.fixture(scope="module")
+def bedroom_plate(bedroom_dir):
+    """{frame: RGBA half} plate in scene-linear, {frame: matte half}, the edited first frame."""
+    import OpenImageIO as oiio
+
+    from lorafx.server.media.colour import ColourSettings, ColourTransform
+
+    lin = ColourTransform(ColourSettings())
+    plate, matte = {}, {}
+    for i in range(N):
+        buf = oiio.ImageBufAlgo.resize(oiio.ImageBuf(str(bedroom_dir / f"{i:05d}.jpg")), roi=oiio.ROI(0, W, 0, H, 0, 1, 0, 3))
+        rgb = lin.from_model(buf.get_pixels(oiio.FLOAT))
+        rgb[0, 0] = [3.5, -0.02, 12.0]  # out-of-range scene-linear values must pass through untouched
+        rgba = np.concatenate([rgb, np.ones((H, W, 1), np.float32)], axis=-1)
+        plate[FIRST + i] = rgba.astype(np.float16)
+        m = np.zeros((H, W, 1), np.float16)
+        m[30 + i: 80 + i, 70:130] = 1.0  # a moving roto over the bed
+        matte[FIRST + i] = m
+    edited = plate[FIRST].copy()
+    edited[30:80, 70:130, :3] = edited[30:80, 70:130, :3][..., ::-1]  # recolour inside the roto
+    return plate, matte, edited
+
+
+@pytest.fixture
+def server(tmp_path):
+    procs = []
+
+    def start(state=None):
+        proc, endpoint = start_server_process(state or tmp_path / "state", model="tiny")
+        procs.append(proc)
+        return proc, endpoint
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(20)
+            except Exception:
+                p.kill()
+
+
+def _upload(c, shot, plate, matte, edited, last=FIRST + N - 1, settings=None):
+    c.create_shot(shot, FIRST, last, settings={"caption": "a child in a bedroom", **(settings or {})}, replace=True)
+    c.put_frames(shot, "plate", plate)
+    c.put_frames(shot, "matte", matte)
+    c.put_frames(shot, "reference", {FIRST: edited})
+
+
+def test_train_render_bit_exact_outside_matte(server, bedroom_plate):
+    plate, matte, edited = bedroom_plate
+    _, endpoint = server()
+    with Client(endpoint, timeout_s=60) as c:
+        hello = c.hello()
+        assert hello["protocol_version"] == 1 and hello["model"] == "tiny-random"
+        _upload(c, "bed010", plate, matte, edited)
+        events = []
+        rec = c.wait(c.train("bed010", {"steps": 4}), on_progress=events.append, timeout=300)
+        assert rec["state"] == "done" and rec["result"]["steps"] == 4
+        assert any(e.get("event") == "progress" and e.get("stage") == "motion" for e in events)
+        assert c.list_loras("bed010")[0]["name"] == "bed010"
+        # training again with the same settings reuses the stored adapter
+        again = c.wait(c.train("bed010", {"steps": 4}), timeout=120)
+        assert again["result"].get("cached") is True
+        rec = c.wait(c.render("bed010", steps=2, cfg=1.0, seed=3), timeout=300)
+        assert rec["state"] == "done"
+        results = c.fetch_results("bed010", dtype="f16")
+        paths = c.fetch_results("bed010", mode="paths")
+    assert sorted(results) == list(range(FIRST, FIRST + N))
+    for f in range(FIRST, FIRST + N):
+        out, src = results[f], plate[f]
+        assert out.shape == src.shape and out.dtype == np.float16
+        outside = matte[f][..., 0] == 0
+        assert np.array_equal(out[outside].view(np.uint16), src[outside].view(np.uint16)), f"frame {f}"
+        assert not np.array_equal(out[~outside], src[~outside]), "the roto region must change"
+    assert out[0, 0, 0] == np.float16(3.5) and out[0, 0, 2] == np.float16(12.0)
+    # frame 1 inside the matte (past the 2 px inward feather) is the artist's edited frame itself
+    interior = (slice(33, 77), slice(73, 127))
+    assert np.array_equal(results[FIRST][interior][..., :3], edited[interior][..., :3])
+    exr = read_frame(paths[FIRST + 4])
+    assert exr.attributes.get("lorafx/shot") == "bed010" and exr.pixel_type == "half"
+    assert exr.attributes.get("lorafx/seed") == 3 and exr.attributes.get("lorafx/lora_hash")
+
+
+def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
+    plate, matte, edited = bedroom_plate
+    _, endpoint = server()
+    with Client(endpoint, timeout_s=30) as c:
+        with pytest.raises(NotFound, match="unknown shot"):
+            c.train("nope")
+        c.create_shot("bad", FIRST, FIRST + N - 1)
+        with pytest.raises(InvalidInput, match="no plate frames"):
+            c.train("bad")
+        c.put_frames("bad", "plate", {FIRST: plate[FIRST]})
+        with pytest.raises(InvalidInput, match="but earlier plate frames are"):
+            c.put_frames("bad", "plate", {FIRST + 1: plate[FIRST + 1][:50]})
+        nan = plate[FIRST + 1].copy()
+        nan[5, 5, 1] = np.nan
+        with pytest.raises(InvalidInput, match="NaN"):
+            c.put_frames("bad", "plate", {FIRST + 1: nan})
+        with pytest.raises(InvalidInput, match="outside shot"):
+            c.put_frames("bad", "plate", {FIRST + 100: plate[FIRST]})
+        with pytest.raises(InvalidInput, match="unknown setting 'stepz'"):
+            c.create_shot("bad2", FIRST, FIRST + 8, settings={"stepz": 3})
+        # missing plate frames and an empty matte are found when the job reads the shot
+        c.put_frames("bad", "matte", matte)
+        with pytest.raises(InvalidInput, match="missing"):
+            c.wait(c.train("bad", {"steps": 1}), timeout=60)
+        _upload(c, "empty", plate, {f: np.zeros_like(m) for f, m in matte.items()}, edited)
+        with pytest.raises(InvalidInput, match="empty"):
+            c.wait(c.train("empty", {"steps": 1}), timeout=60)
+        with pytest.raises(NotFound, match="no trained LoRA"):
+            c.render("empty")
+        assert c.health()["queue_length"] == 0  # the server is alive and idle after all of it
+    # a client speaking another protocol version gets an error naming both versions
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(endpoint)
+    s.send_multipart([msgpack.packb({"v": 99, "type": "hello", "id": 1, "body": {"client": "x"}})])
+    assert s.poll(10000)
+    reply = msgpack.unpackb(s.recv_multipart()[0])
+    assert reply["error"]["code"] == "version_mismatch" and "99" in reply["error"]["message"]
+    s.close(0)
+
+
+def test_kill9_mid_training_resumes_from_checkpoint(server, bedroom_plate, tmp_path):
+    plate, matte, edited = bedroom_plate
+    state = tmp_path / "crash-state"
+    proc, endpoint = server(state)
+    with Client(endpoint, timeout_s=30) as c:
+        _upload(c, "crash", plate, matte, edited)
+        job = c.train("crash", {"steps": 300, "checkpoint_every": 10})
+        deadline = time.monotonic() + 240
+        while (c.status(job).get("step") or 0) < 25:
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    _, endpoint = server(state)
+    with Client(endpoint, timeout_s=30) as c:
+        rec = c.wait(job, timeout=600)
+        assert rec["state"] == "done" and rec["attempts"] == 2
+        assert rec["result"]["resumed_from"] >= 20, rec["result"]
+        assert rec["result"]["steps"] == 300
+        assert [l["name"] for l in c.list_loras("crash")] == ["crash"]
+
+
+def test_cancel_running_training(server, bedroom_plate):
+    plate, matte, edited = bedroom_plate
+    _, endpoint = server()
+    with Client(endpoint, timeout_s=30) as c:
+        _upload(c, "cancel", plate, matte, edited)
+        job = c.train("cancel", {"steps": 100000})
+        queued = c.train("cancel", {"steps": 5, "seed": 9})
+        deadline = time.monotonic() + 120
+        while c.status(job)["state"] != "running" or not c.status(job).get("step"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert c.cancel(queued)["state"] == "cancelled"
+        t0 = time.monotonic()
+        c.cancel(job)
+        while c.status(job)["state"] not in ("cancelled", "failed", "done"):
+            time.sleep(0.05)
+        assert c.status(job)["state"] == "cancelled"
+        assert time.monotonic() - t0 < 10
+        assert c.list_loras("cancel") == []  # nothing half-trained was published
