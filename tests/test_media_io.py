@@ -34,6 +34,23 @@ def test_read_frame_real_jpeg(bedroom_dir):
     assert 0.0 <= fr.pixels.min() and fr.pixels.max() <= 1.0 and fr.pixels.std() > 0.05
 
 
+@pytest.mark.parametrize("ext,fmt,bits,tol", [
+    ("dpx", "uint16", 10, 1.0 / 1023), ("tif", "uint16", 16, 1.0 / 65535),
+    ("tif", "float", 32, 0.0), ("png", "uint8", 8, 1.0 / 255),
+])
+def test_read_frame_other_formats(tmp_path, ext, fmt, bits, tol):
+    px = np.random.default_rng(3).random((6, 8, 3)).astype(np.float32)
+    path = str(tmp_path / f"f.{ext}")
+    spec = oiio.ImageSpec(8, 6, 3, fmt)
+    spec.attribute("oiio:BitsPerSample", bits)
+    out = oiio.ImageOutput.create(path)
+    assert out.open(path, spec) and out.write_image(px) and out.close()
+    fr = read_frame(path)
+    assert fr.channels == ("R", "G", "B") and fr.pixels.dtype == np.float32
+    assert fr.pixel_type == fmt
+    assert np.abs(fr.pixels - px).max() <= tol  # integer files are normalised to [0, 1]
+
+
 def test_exr_windows_channels_and_attributes_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     px = rng.normal(0.5, 2.0, (20, 30, 5)).astype(np.float32)  # > 1 and < 0 values
