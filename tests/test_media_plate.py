@@ -217,6 +217,14 @@ def test_resolution_mismatch_names_both_sizes(shot, tmp_path):
         load_shot_inputs(str(shot / "plate.####.exr"), pattern, FIRST, FIRST + 2)
 
 
+def test_matte_dust_does_not_stretch_the_roi(shot, inputs):
+    dusty = inputs.matte[:3].copy()
+    dusty += 1e-4  # what a full-frame blur leaves behind
+    inp = load_shot_inputs(str(shot / "plate.####.exr"), dusty, FIRST, FIRST + 2)
+    np.testing.assert_array_equal(inp.matte == 0, inputs.matte[:3] == 0)
+    assert to_model_space(inp).roi == to_model_space(inputs, [FIRST, FIRST + 1, FIRST + 2]).roi
+
+
 def test_empty_and_full_mattes_are_refused(shot, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "full").mkdir()

@@ -10,7 +10,8 @@ Conventions
 - The matte is 1 = change (a compositor's roto). It comes from the matte file's channel named
   `matte_channel` when given, else **A if present, else Y, else the first channel**; values are
   clamped to [0, 1]. A matte with its own (tighter) data window is placed onto the plate's data
-  window, zero outside. Plate, matte and reference frames must share the display window.
+  window, zero outside. Values under `matte_floor` (1/1024) count as 0. Plate, matte and
+  reference frames must share the display window.
 - An empty matte (no pixel >= 0.5 on any frame of the window) and a full matte (every visible
   pixel, i.e. inside the display window, of every frame >= 0.5) are refused.
 - NaN / inf in the plate's RGB, the matte or a reference are refused (message: frame, x, y).
@@ -147,6 +148,7 @@ def load_shot_inputs(
     matte_channel: str | None = None,
     references: Mapping[int, str | os.PathLike] | None = None,
     reference_space: str | None = None,
+    matte_floor: float = 1.0 / 1024.0,
 ) -> ShotInputs:
     """Read and validate a shot.
 
@@ -155,7 +157,10 @@ def load_shot_inputs(
     compositor's painted first frame...); they are read, checked against the plate's resolution
     and converted from `reference_space` (default: the plate's space) into the plate's space;
     where a reference has no pixels (e.g. a PNG without the plate's overscan) the plate's own
-    frame fills in."""
+    frame fills in. Matte values below `matte_floor` are set to 0: the numerical dust a blur
+    leaves across a whole frame would otherwise stretch the ROI to the full plate (and such an
+    alpha changes no half-float pixel visibly); the composite is bit-exact wherever the stored
+    matte is 0."""
     colour = colour or ColourSettings()
     transform = ColourTransform(colour)  # validates the colour names before any reading
     plate = read_sequence(plate_pattern, first, last)
@@ -187,6 +192,8 @@ def load_shot_inputs(
             matte[i] = np.clip(fr.pixels[..., c], 0.0, 1.0)
         del mseq
 
+    if matte_floor > 0:
+        matte[matte < matte_floor] = 0.0
     binary_any = [bool(binarize(m).any()) for m in matte]
     if not any(binary_any):
         raise InvalidInput(
