@@ -87,8 +87,8 @@ class Client:
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = 30.0,
                  curve: ClientCurveConfig | None = None, *, limits: Limits = DEFAULT_LIMITS,
-                 name: str = "lorafx-python", batch_bytes: int = 4 * MiB,
-                 max_in_flight: int = 16, context: zmq.Context | None = None):
+                 name: str = "lorafx-python", batch_bytes: int = 8 * MiB,
+                 max_in_flight: int = 8, context: zmq.Context | None = None):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.endpoint = endpoint

@@ -49,16 +49,19 @@ def pack_header(header: Mapping) -> bytes:
 
 def wire_array(array: np.ndarray) -> np.ndarray:
     """The array as it travels: (H, W, C), a wire dtype, little-endian, C-contiguous.
-    No copy when it already is (the common case)."""
-    a = np.asarray(array)
+    No copy when it already is (the common case), and cheap to call again on the result."""
+    a = array if type(array) is np.ndarray else np.asarray(array)
     dtype_name(a.dtype)  # raises InvalidInput for float64 & co.
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3:
         raise ValueError(f"pixel arrays must be (H, W) or (H, W, C), got shape {a.shape}")
-    if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and np.little_endian is False):
+    order = a.dtype.byteorder  # "|" for u8, "=" native, "<" / ">" explicit
+    if order == ">" or (order == "=" and not np.little_endian):
         a = a.astype(a.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(a)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a
 
 
 def inline_descriptor(array: np.ndarray, *, frame: int, role: str, buf: int,

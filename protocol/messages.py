@@ -109,7 +109,6 @@ DTYPES: dict[str, np.dtype] = {
     "u8": np.dtype("u1"),
     "u16": np.dtype("<u2"),
 }
-DTYPE_NAMES: dict[str, str] = {"float16": "f16", "float32": "f32", "uint8": "u8", "uint16": "u16"}
 
 DEFAULT_CHANNELS = {1: ("Y",), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}
 MAX_DIM = 32768
@@ -658,9 +657,19 @@ def event_header(event: str, seq: int, body: Mapping) -> dict:
     return {"v": PROTOCOL_VERSION, "type": EVENT, "event": event, "seq": seq, "body": full}
 
 
+# numpy dtype -> wire name, for both byte orders (the codec swaps big-endian input); a dict
+# lookup on the dtype object because this runs for every frame sent.
+_WIRE_NAME_BY_DTYPE = {np.dtype(s).newbyteorder(order): name
+                       for name, s in (("f16", "<f2"), ("f32", "<f4"), ("u8", "u1"),
+                                       ("u16", "<u2"))
+                       for order in ("<", ">")}
+
+
 def dtype_name(dtype: np.dtype) -> str:
     """numpy dtype -> wire name, or InvalidInput naming the accepted ones."""
-    name = DTYPE_NAMES.get(np.dtype(dtype).name)
+    name = _WIRE_NAME_BY_DTYPE.get(dtype)
+    if name is None:
+        name = _WIRE_NAME_BY_DTYPE.get(np.dtype(dtype))
     if name is None:
         raise InvalidInput(f"pixel dtype {np.dtype(dtype).name} is not sent on the wire; use "
                            f"float16, float32, uint8 or uint16 (e.g. .astype(np.float16))",

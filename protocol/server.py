@@ -408,9 +408,12 @@ class ProtocolServer:
         try:
             if error is not None:
                 raise error
-            rid = _salvage_id(parts, self.limits)
-            header, arrays = codec.decode(parts, limits=self.limits, local="server")
-            type_, rid, raw_body = validate_request_header(header)
+            try:
+                header, arrays = codec.decode(parts, limits=self.limits, local="server")
+                type_, rid, raw_body = validate_request_header(header)
+            except LorafxError:
+                rid = _salvage_id(parts, self.limits)  # so the error reply can be matched
+                raise
             if type_ in (SUBSCRIBE, UNSUBSCRIBE):
                 body = validate_body(type_, raw_body)
                 self._reply(router, ident, rid, self._subscription(ident, type_, body["job"]))
