@@ -30,7 +30,8 @@ import OpenImageIO as oiio
 
 from lorafx.errors import InvalidInput, NotFound
 
-__all__ = ["propagate_masks", "load_predictor", "DEFAULT_CONFIG", "INSTALL_HINT"]
+__all__ = ["propagate_masks", "matte_from_clicks", "load_predictor", "DEFAULT_CONFIG",
+           "INSTALL_HINT"]
 
 DEFAULT_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 INSTALL_HINT = ("SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps sam2 && "
@@ -185,3 +186,43 @@ def propagate_masks(
     if not seen.all():
         raise InvalidInput(f"SAM2 produced no mask for frames {np.flatnonzero(~seen).tolist()}")
     return masks
+
+
+def matte_from_clicks(
+    plate,
+    frame_number: int,
+    points: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    *,
+    colour=None,
+    checkpoint_path: str | os.PathLike | None = None,
+    config: str = DEFAULT_CONFIG,
+    image_size: int = 1024,
+    device: str = "cpu",
+    max_width: int = 1024,
+    random_weights_ok: bool = False,
+) -> np.ndarray:
+    """A matte (F, H, W) float32 {0, 1} on the plate's data window, from clicks on one frame.
+
+    `plate` is a `media.io.PlateSequence`; `points` are (x, y) in the plate's image coordinates
+    (OIIO convention: x right, y down, the display window's origin at its top-left; a y-up host
+    such as Nuke flips y first). The plate goes to display-referred frames at most `max_width`
+    wide (`media.plate.display_frames`), SAM2 propagates, and the masks are scaled back up
+    (`media.plate.masks_to_plate`): ready for `load_shot_inputs(plate_pattern, matte, ...)`."""
+    from lorafx.server.media.plate import display_frames, masks_to_plate
+
+    frames = display_frames(plate, colour, max_width=max_width)
+    H, W = plate.pixels.shape[1:3]
+    sx, sy = frames.shape[2] / W, frames.shape[1] / H
+    dw = plate.data_window
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    # Image coordinates -> data-window pixel index -> the shrunk frames' pixel (centres aligned).
+    scaled = np.stack([(pts[:, 0] - dw.x + 0.5) * sx - 0.5, (pts[:, 1] - dw.y + 0.5) * sy - 0.5], 1)
+    outside = (pts[:, 0] < dw.x) | (pts[:, 0] >= dw.x_end) | (pts[:, 1] < dw.y) | (pts[:, 1] >= dw.y_end)
+    if outside.any():
+        raise InvalidInput(f"clicks {pts[outside].tolist()} lie outside the plate's data window {dw}")
+    scaled = np.clip(scaled, 0.0, [frames.shape[2] - 1, frames.shape[1] - 1])
+    masks = propagate_masks(frames, scaled, labels, plate.index_of(frame_number),
+                            checkpoint_path, config, image_size, device,
+                            random_weights_ok=random_weights_ok)
+    return masks_to_plate(masks, plate)
