@@ -2,13 +2,13 @@
 
     with Client("tcp://127.0.0.1:5555", timeout_s=10) as c:
         c.create_shot("sh010", 1001, 1049)
-        c.put_frames("sh010", "plate", {1001: rgba_half, ...})       # or {1001: "/shows/.../plate.1001.exr"}
+        c.put_frames("sh010", "plate", {1001: rgba_half, ...})  # or {1001: "/shows/plate.1001.exr"}
         c.put_frames("sh010", "matte", {1001: matte, ...})
         job = c.train("sh010", {"steps": 100})
         c.wait(job, on_progress=lambda ev: print(ev["step"], ev["total"], ev["loss"]))
         job = c.render("sh010", seed=1, edited={1001: edited_rgba})
         c.wait(job)
-        frames = c.fetch_results("sh010")                               # {frame: (H, W, C) array}
+        frames = c.fetch_results("sh010")  # {frame: (H, W, C) array}
 
 Every call has a timeout (poller, never a bare blocking receive) and raises `ClientTimeout`
 naming the endpoint. After a timeout the socket is recreated, so a restarted server is picked up

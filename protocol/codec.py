@@ -158,26 +158,45 @@ def _buffer(frame: FrameLike) -> memoryview:
     return mv
 
 
+class PartBudget:
+    """Message-level limits checked part by part as a multipart message is read (header
+    first), so a receiver can stop keeping parts the moment a limit is crossed."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS):
+        self.limits = limits
+        self.count = 0
+        self.total = 0
+
+    def add(self, size: int) -> None:
+        lim, index = self.limits, self.count
+        self.count += 1
+        self.total += size
+        if index == 0 and size > lim.max_header_bytes:
+            raise TooLarge(f"header is {size} bytes; the limit is {lim.max_header_bytes}",
+                           limit="max_header_bytes", size=size, max=lim.max_header_bytes)
+        if index > lim.max_buffers:
+            raise TooLarge(f"more than {lim.max_buffers} buffer frames in one message",
+                           limit="max_buffers", size=index, max=lim.max_buffers)
+        if index > 0 and size > lim.max_frame_bytes:
+            raise TooLarge(f"buffer frame {index} is {size} bytes; the limit is "
+                           f"{lim.max_frame_bytes}", limit="max_frame_bytes", size=size,
+                           max=lim.max_frame_bytes)
+        if self.total > lim.max_message_bytes:
+            raise TooLarge(f"message is over {lim.max_message_bytes} bytes (at least "
+                           f"{self.total})", limit="max_message_bytes", size=self.total,
+                           max=lim.max_message_bytes)
+
+
 def check_sizes(sizes: Sequence[int], limits: Limits = DEFAULT_LIMITS) -> None:
     """Message-level limits from part sizes alone (header first). Raises TooLarge."""
     if not sizes:
         raise ProtocolError("empty message: frame 0 (the header) is missing")
-    nbuf = len(sizes) - 1
-    if nbuf > limits.max_buffers:
-        raise TooLarge(f"{nbuf} buffer frames; the limit is {limits.max_buffers}",
-                       limit="max_buffers", size=nbuf, max=limits.max_buffers)
-    if sizes[0] > limits.max_header_bytes:
-        raise TooLarge(f"header is {sizes[0]} bytes; the limit is {limits.max_header_bytes}",
-                       limit="max_header_bytes", size=sizes[0], max=limits.max_header_bytes)
-    for i, n in enumerate(sizes[1:], start=1):
-        if n > limits.max_frame_bytes:
-            raise TooLarge(f"buffer frame {i} is {n} bytes; the limit is "
-                           f"{limits.max_frame_bytes}", limit="max_frame_bytes", size=n,
-                           max=limits.max_frame_bytes)
-    total = sum(sizes)
-    if total > limits.max_message_bytes:
-        raise TooLarge(f"message is {total} bytes; the limit is {limits.max_message_bytes}",
-                       limit="max_message_bytes", size=total, max=limits.max_message_bytes)
+    if len(sizes) - 1 > limits.max_buffers:  # before walking a huge part list
+        raise TooLarge(f"{len(sizes) - 1} buffer frames; the limit is {limits.max_buffers}",
+                       limit="max_buffers", size=len(sizes) - 1, max=limits.max_buffers)
+    budget = PartBudget(limits)
+    for n in sizes:
+        budget.add(n)
 
 
 def _ext_rejected(code, data):

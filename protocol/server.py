@@ -389,7 +389,7 @@ class ProtocolServer:
         ident = ident_frame.bytes
         more = ident_frame.more
         parts: list[zmq.Frame] = []
-        sizes: list[int] = []
+        budget = codec.PartBudget(self.limits)
         error: LorafxError | None = None
         while more:
             frame = router.recv(copy=False)
@@ -397,12 +397,16 @@ class ProtocolServer:
             if error is not None:
                 continue  # drain the rest of a rejected message without keeping it
             parts.append(frame)
-            sizes.append(len(frame))
             try:
-                codec.check_sizes(sizes, self.limits)
+                budget.add(len(frame))
             except LorafxError as e:
                 error, parts = e, []
-        self._peers[ident] = time.monotonic()
+        if error is None and not parts:
+            error = ProtocolError("empty message: frame 0 (the header) is missing")
+        now = time.monotonic()
+        self._peers[ident] = now
+        if len(self._peers) > 4096:  # reconnects mint new identities: forget idle ones
+            self._peers = {k: t for k, t in self._peers.items() if now - t < 300.0}
         self._stats["requests"] += 1
         rid = None
         try:
