@@ -133,6 +133,8 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
             c.wait(c.train("empty", {"steps": 1}), timeout=60)
         with pytest.raises(NotFound, match="no trained LoRA"):
             c.render("empty")
+        with pytest.raises(InvalidInput, match="no SAM2 checkpoint"):
+            c.mask("empty", FIRST, [[100.0, 50.0]])
         assert c.health()["queue_length"] == 0  # the server is alive and idle after all of it
     # a client speaking another protocol version gets an error naming both versions
     ctx = zmq.Context.instance()

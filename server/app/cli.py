@@ -78,6 +78,7 @@ def serve(
     allow_insecure: bool = typer.Option(False, help="allow a non-loopback bind without CURVE keys"),
     endpoint_file: Optional[Path] = typer.Option(None, help="write the bound endpoint here once serving"),
     metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics over HTTP on this port"),
+    sam2_checkpoint: Optional[Path] = typer.Option(None, help="SAM2 checkpoint (.pt) for click-to-matte jobs"),
     log_level: str = typer.Option("INFO"),
 ):
     """Run the lorafx server: one resident model, a durable job queue, per-shot LoRAs."""
@@ -93,7 +94,8 @@ def serve(
             curve = CurveConfig(curve_secret, curve_clients)
         stack, info = open_model(model, device=device, fp8=fp8, group_offload=group_offload)
         service = LorafxService(stack, info, state, endpoint=endpoint, curve=curve,
-                                allow_insecure=allow_insecure).start()
+                                allow_insecure=allow_insecure,
+                                sam2_checkpoint=str(sam2_checkpoint) if sam2_checkpoint else None).start()
     except LorafxError as e:
         _fail(e)
     if metrics_port:

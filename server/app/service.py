@@ -71,8 +71,9 @@ def split_settings(settings: dict) -> tuple[dict, dict, dict]:
 class LorafxService:
     def __init__(self, stack: WanStack, model: ModelInfo, state_dir: str | Path, *,
                  endpoint: str = M.DEFAULT_ENDPOINT, curve=None, adapter_cache: int = 4,
-                 allow_insecure: bool = False):
+                 allow_insecure: bool = False, sam2_checkpoint: str | None = None):
         self.stack = stack
+        self.sam2_checkpoint = sam2_checkpoint
         self.model = model
         self.state = Path(state_dir).resolve()
         self.state.mkdir(parents=True, exist_ok=True)
@@ -385,6 +386,9 @@ class LorafxService:
     def h_job_mask(self, req: Request) -> dict:
         b = req.body
         shot = self._shot(b["shot"])
+        if not self.sam2_checkpoint:
+            raise InvalidInput("this server has no SAM2 checkpoint: start `lorafx serve --sam2-checkpoint PATH` "
+                               "(and install SAM2: see scripts/setup.sh), or upload a roto matte")
         if not shot.frame_first <= int(b["frame"]) <= shot.frame_last:
             raise InvalidInput(f"frame {b['frame']} is outside shot {shot.name}")
         return self._submit("mask", shot.name, dict(b), req)
@@ -615,6 +619,38 @@ class LorafxService:
                 "pattern": str(out_dir / "result.####.exr")}
 
     def _run_mask(self, job, ctx) -> dict:
-        from lorafx.server.masks import sam2 as sam2_masks
+        """SAM2 video propagation from clicks -> the shot's matte frames (then derived per
+        `mode` at training time, like any roto)."""
+        from lorafx.server.masks.sam2 import matte_from_clicks
+        from lorafx.server.media.io import read_sequence
 
-        return sam2_masks.run_mask_job(self, job, ctx)
+        p = job.params
+        if not self.sam2_checkpoint:
+            raise InvalidInput("this server has no SAM2 checkpoint (start it with --sam2-checkpoint PATH)")
+        spec = self.shot_spec(job.shot)
+        first = int(p.get("first") or spec.first)
+        last = int(p.get("last") or spec.last)
+        plate = read_sequence(spec.plate, first, last)
+        points = [list(x) for x in p["positive"]] + [list(x) for x in p.get("negative") or []]
+        labels = [1] * len(p["positive"]) + [0] * len(p.get("negative") or [])
+        ctx.progress("sam2", 0, 1)
+        matte = matte_from_clicks(plate, int(p["frame"]), points, labels, checkpoint_path=self.sam2_checkpoint,
+                                  device=str(self.stack.device))
+        with self._shot_lock(job.shot):
+            for k, number in enumerate(plate.frame_numbers):
+                path = self._role_pattern(job.shot, "matte").replace("####", f"{number:04d}")
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                write_exr_atomic(path, matte[k][..., None], ["A"], plate.data_window, plate.display_window,
+                                 metadata={"shot": job.shot, "role": "matte", "source": "sam2"})
+                ctx.progress("write", k + 1, len(plate.frame_numbers))
+            shot = self._shot(job.shot)
+            paths = dict(shot.paths or {})
+            paths["matte"] = None  # the shot now uses the SAM2 mattes stored with it
+            settings = dict(shot.settings or {})
+            mode = p.get("mode", "bbox")
+            settings["mask_mode"] = mode
+            if mode == "dilate":
+                settings["dilate"] = int(p.get("dilate", 0))
+            self.store.put_shot(job.shot, paths=paths, settings=settings)
+        return {"frames": len(plate.frame_numbers), "first": first, "last": last,
+                "coverage": float(matte.mean())}
