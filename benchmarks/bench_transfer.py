@@ -12,9 +12,11 @@ server that discards them, and prints MiB/s for
 and their ratio (goal >= 0.8). As in production the server runs in its own process (one per
 variant, started once); the client is this process. Rounds alternate raw/lorafx so machine load
 hits both alike; the ratio reported is the median of the per-round ratios (robust on a busy
-machine), with the best-of-rounds throughputs beside it.
+machine), with the best-of-rounds throughputs beside it, and the CPU seconds each variant
+spends per round in the client and the server process (what bounds throughput when the
+machine is saturated).
 
-    python benchmarks/bench_transfer.py [--frames 49] [--rounds 21] [--batch-mib 8] [--json]
+    python benchmarks/bench_transfer.py [--frames 49] [--rounds 21] [--batch-mib 16] [--json]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
+import resource
 import statistics
 import time
 
@@ -120,6 +124,36 @@ class LorafxClient:
         self.client.close()
 
 
+def _own_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # all threads, zmq's I/O threads included
+    return r.ru_utime + r.ru_stime
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds of another process (Linux /proc; 10 ms ticks: only sums are meaningful)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _timed(client, frames, server_pid, cpu: list) -> float:
+    c0, s0 = _own_cpu_s(), _proc_cpu_s(server_pid)
+    dt = client.round(frames)
+    s1 = _proc_cpu_s(server_pid)
+    cpu.append((_own_cpu_s() - c0, None if s0 is None or s1 is None else s1 - s0))
+    return dt
+
+
+def _cpu_ms(cpu: list) -> dict:
+    n = len(cpu)
+    server = [s for _, s in cpu if s is not None]
+    return {"client_cpu_ms": round(sum(c for c, _ in cpu) / n * 1e3, 1),
+            "server_cpu_ms": round(sum(server) / len(server) * 1e3, 1) if server else None}
+
+
 def _start(target):
     ctx = mp.get_context("spawn")  # a fresh interpreter: no zmq state inherited by fork
     parent, child = ctx.Pipe()
@@ -135,9 +169,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--frames", type=int, default=49)
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--batch-mib", type=float, default=None,
-                    help="Client.batch_bytes in MiB (default: the Client's, 8 MiB)")
+                    help="Client.batch_bytes in MiB (default: the Client's, 16 MiB)")
     ap.add_argument("--in-flight", type=int, default=None,
-                    help="Client.max_in_flight (default: the Client's, 8)")
+                    help="Client.max_in_flight (default: the Client's, 4)")
     ap.add_argument("--json", action="store_true", help="print one JSON line only")
     args = ap.parse_args(argv)
 
@@ -148,10 +182,10 @@ def main(argv=None) -> dict:
     raw, ours = RawClient(raw_ep), LorafxClient(our_ep, args.batch_mib, args.in_flight)
     try:
         raw.round(frames), ours.round(frames)  # warm-up: page in, connect, JIT-free caches
-        raw_t, our_t = [], []
+        raw_t, our_t, raw_cpu, our_cpu = [], [], [], []
         for _ in range(args.rounds):
-            raw_t.append(raw.round(frames))
-            our_t.append(ours.round(frames))
+            raw_t.append(_timed(raw, frames, raw_proc.pid, raw_cpu))
+            our_t.append(_timed(ours, frames, our_proc.pid, our_cpu))
     finally:
         raw.close()
         ours.close()
@@ -170,7 +204,13 @@ def main(argv=None) -> dict:
         "lorafx_median_mib_s": round(mib / statistics.median(our_t), 1),
         "ratio_median": round(statistics.median(ratios), 3),
         "ratio_best": round(min(raw_t) / min(our_t), 3),
+        "raw_cpu": _cpu_ms(raw_cpu), "lorafx_cpu": _cpu_ms(our_cpu),
     }
+    rc, oc = result["raw_cpu"], result["lorafx_cpu"]
+    if rc["server_cpu_ms"] and oc["server_cpu_ms"]:
+        # Load-independent view: on a saturated machine throughput follows CPU per round.
+        result["cpu_ratio"] = round((rc["client_cpu_ms"] + rc["server_cpu_ms"])
+                                    / (oc["client_cpu_ms"] + oc["server_cpu_ms"]), 3)
     if args.json:
         print(json.dumps(result))
     else:
@@ -183,6 +223,9 @@ def main(argv=None) -> dict:
               f"{result['lorafx_median_mib_s']:7.1f} MiB/s")
         print(f"  ratio lorafx/raw: median of rounds {result['ratio_median']:.3f}, best vs best "
               f"{result['ratio_best']:.3f} (goal >= 0.8)")
+        print(f"  CPU per round (client + server process): raw {rc['client_cpu_ms']} + "
+              f"{rc['server_cpu_ms']} ms, lorafx {oc['client_cpu_ms']} + {oc['server_cpu_ms']} ms"
+              + (f" -> CPU ratio {result['cpu_ratio']:.3f}" if "cpu_ratio" in result else ""))
     return result
 
 
