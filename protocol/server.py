@@ -400,7 +400,9 @@ class ProtocolServer:
             try:
                 budget.add(len(frame))
             except LorafxError as e:
-                error, parts = e, []
+                # Keep only a header within its limit, to read the request id for the reply.
+                error = e
+                parts = parts[:1] if budget.count > 1 else []
         if error is None and not parts:
             error = ProtocolError("empty message: frame 0 (the header) is missing")
         now = time.monotonic()
@@ -411,6 +413,7 @@ class ProtocolServer:
         rid = None
         try:
             if error is not None:
+                rid = _salvage_id(parts, self.limits) if parts else None
                 raise error
             try:
                 header, arrays = codec.decode(parts, limits=self.limits, local="server")
@@ -432,7 +435,12 @@ class ProtocolServer:
                                f"shortly", retry_after_s=1.0)
                 self._pending += 1
             req = Request(type_, rid, raw_body, arrays, ident, header)
-            self._pool.submit(self._work, handler, req)
+            try:
+                self._pool.submit(self._work, handler, req)
+            except RuntimeError:  # the pool is shutting down
+                with self._pending_lock:
+                    self._pending -= 1
+                raise Busy("the server is shutting down", retry_after_s=5.0) from None
         except LorafxError as e:
             self._stats["errors"] += 1
             self._send_reply(router, ident, _error_frames(rid, e.to_dict(), self.limits))

@@ -534,15 +534,18 @@ def test_message_limits_are_enforced_live_and_oversized_frames_drop_the_connecti
         head = msgpack.packb(m.request_header("health", 1, {}))
         s.send_multipart([head] + [b"x" * 30000] * 3)  # 90 KB > max_message_bytes
         header, _ = _recv(s)
-        assert header["error"]["code"] == "too_large" and header["re"] is None
+        assert header["error"]["code"] == "too_large" and header["re"] == 1  # id still read
         assert header["error"]["details"]["limit"] == "max_message_bytes"
+        s.send_multipart([b"\x00" * 5000])  # a header over max_header_bytes: no id to read
+        header, _ = _recv(s)
+        assert header["error"]["details"]["limit"] == "max_header_bytes" and header["re"] is None
         s.send_multipart([head] + [b"x"] * 5)  # more buffers than max_buffers
         assert _recv(s)[0]["error"]["details"]["limit"] == "max_buffers"
         # One part over ZMQ_MAXMSGSIZE: libzmq drops the connection before allocating it.
         s.send_multipart([head, b"x" * (64 * 1024)])
         assert not s.poll(500)
         with Client(server.endpoint, timeout_s=5) as c:  # the server is fine
-            assert c.health()["protocol"]["errors"] == 2
+            assert c.health()["protocol"]["errors"] == 3
         s.close()
     finally:
         ctx.term()
