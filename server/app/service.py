@@ -359,7 +359,9 @@ class LorafxService:
         shot = self._shot(b["shot"])
         lora = b.get("lora") or shot.name
         loras = (shot.paths or {}).get("loras") or {}
-        if lora not in loras and not b.get("no_lora"):
+        overrides = dict(b.get("settings") or {})
+        no_lora = bool(overrides.pop("no_lora", False))  # stock model, for A/B against the LoRA
+        if lora not in loras and not no_lora:
             raise NotFound(f"shot {shot.name} has no trained LoRA {lora!r} (run job.train first)", lora=lora)
         if req.body.get("frames"):
             self.h_shot_put_frames(Request(type=M.SHOT_PUT_FRAMES, id=req.id, peer=req.peer, arrays=req.arrays,
@@ -370,7 +372,6 @@ class LorafxService:
         last = b.get("last")
         if last is not None and not shot.frame_first <= int(last) <= shot.frame_last:
             raise InvalidInput(f"last frame {last} is outside shot {shot.name}")
-        overrides = dict(b.get("settings") or {})
         _, render, _ = split_settings(overrides)
         for key in ("seed", "steps", "cfg", "shift", "sampler", "caption"):
             if b.get(key) is not None:
@@ -381,7 +382,7 @@ class LorafxService:
             raise InvalidInput(f"shot {shot.name} has no edited first frame: upload a reference frame "
                                f"{shot.frame_first} (shot.put_frames role reference, or frames in job.render)")
         return self._submit("render", shot.name, {"render": render, "settings": overrides, "lora": lora,
-                                                  "last": last, "no_lora": bool(b.get("no_lora"))}, req)
+                                                  "last": last, "no_lora": no_lora}, req)
 
     def h_job_mask(self, req: Request) -> dict:
         b = req.body
