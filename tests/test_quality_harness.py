@@ -1,0 +1,36 @@
+"""The quality harness in reduced form: on a held-out miniworld shot with a fixed seed, the
+mask-aware LoRA must beat the stock model (no LoRA) on edit propagation by a clear margin, and keep
+the background far better. Needs the shipped miniworld weights (the full table is a benchmark:
+benchmarks/quality/harness.py, results in benchmarks/RESULTS.md)."""
+
+import math
+
+import pytest
+
+from benchmarks.quality import harness
+from lorafx.server.miniworld import model as mini
+
+
+@pytest.mark.skipif(not mini.has_weights(), reason="the miniworld weights are not in this checkout yet")
+def test_mask_aware_lora_beats_stock_model_on_a_heldout_shot():
+    from lorafx.server.app.models import open_model
+    from lorafx.server.miniworld.footage import heldout_shots
+
+    stack, _ = open_model("mini")
+    shots = heldout_shots(1, frames=17, edit="recolour")
+    rows = {r["variant"]: r for r in harness.run(stack, shots, ["no_lora", "masked"], steps=60, render_steps=12,
+                                                 lr=1e-3, log=lambda *_: None)}
+    assert all(math.isfinite(rows[v]["edit_psnr"]) for v in rows)
+    assert rows["masked"]["edit_psnr"] > rows["no_lora"]["edit_psnr"] + 1.0, rows
+    assert rows["masked"]["bg_psnr"] > rows["no_lora"]["bg_psnr"], rows
+
+
+def test_scores_are_exact_on_known_outputs():
+    from lorafx.server.miniworld.footage import heldout_shots
+
+    shot = heldout_shots(1, frames=9)[0]
+    perfect = harness.score(shot.edited, shot)
+    assert perfect.edit_psnr == float("inf") and perfect.temporal_err == 0.0
+    copy = harness.score(shot.source, shot)  # no edit at all: background perfect, edit wrong
+    assert copy.bg_psnr == float("inf") and copy.bg_max_err == 0.0
+    assert copy.edit_psnr < 30 and copy.edit_err > 0.01
