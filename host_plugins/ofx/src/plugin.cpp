@@ -21,6 +21,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -61,6 +62,7 @@ constexpr const char* kParamPrompt = "prompt";
 constexpr const char* kParamSteps = "trainingSteps";
 constexpr const char* kParamSeed = "seed";
 constexpr const char* kParamQuality = "quality";
+constexpr const char* kParamRenderSteps = "renderSteps";
 constexpr const char* kParamUseMatte = "useMatte";
 constexpr const char* kParamColorspace = "colorspace";
 constexpr const char* kParamTrain = "train";
@@ -186,6 +188,7 @@ struct Settings {
   int train_steps = 100;
   uint64_t seed = 0;
   Preset preset = kPresets[kDefaultPreset];
+  int render_steps = 30;
   bool use_matte = false;
 };
 
@@ -257,6 +260,8 @@ Settings read_settings(OfxImageEffectHandle e, const Instance& inst) {
   int q = get_int(e, kParamQuality, kDefaultPreset);
   if (q < 0 || q >= static_cast<int>(sizeof kPresets / sizeof kPresets[0])) q = kDefaultPreset;
   s.preset = kPresets[q];
+  const int steps = get_int(e, kParamRenderSteps, 0);
+  s.render_steps = steps > 0 ? std::min(steps, 1000) : s.preset.render_steps;
   s.use_matte = inst.context == kOfxImageEffectContextGeneral && get_int(e, kParamUseMatte, 1) != 0;
   return s;
 }
@@ -508,7 +513,7 @@ void press_render(Instance& inst) {
     RenderRequest req;
     req.ref = s.ref;
     req.seed = s.seed;
-    req.steps = s.preset.render_steps;
+    req.steps = s.render_steps;
     req.caption = s.prompt;
     req.edited = gather_references(inst, s, window, nullptr, 0, 0);
     session.request_render(std::move(req));
@@ -683,6 +688,8 @@ OfxStatus on_describe_in_context(OfxImageEffectHandle desc, OfxPropertySetHandle
     g.prop->propSetInt(p, kOfxParamPropDefault, 0, kDefaultPreset);
     g.prop->propSetInt(p, kOfxParamPropAnimates, 0, 0);
   }
+  define_int(ps, kParamRenderSteps, "Render Steps",
+             "Sampling steps of the render (0: from Quality)", 0, 0, 1000, 0, 100);
   if (general) {
     if (OfxPropertySetHandle p = define_param(
             ps, kOfxParamTypeBoolean, kParamUseMatte, "Use Matte",
@@ -799,6 +806,11 @@ OfxStatus on_region_of_definition(OfxImageEffectHandle effect, OfxPropertySetHan
   return kOfxStatOK;
 }
 
+bool strict_batch() {
+  const char* v = std::getenv("LORAFX_OFX_STRICT_BATCH");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
 // Copies the Source into the output's render window (component/depth conversion included).
 void copy_source(const Image* src, const Image& out, const OfxRectI& win) {
   const int n = out.ncomp();
@@ -864,8 +876,16 @@ OfxStatus on_render(OfxImageEffectHandle effect, OfxPropertySetHandle in_args) {
   }
 
   if (!result) {
+    if (frame >= ref.first && frame <= ref.last) {
+      // Farm renders can insist on the real thing: a missing result fails the frame instead of
+      // quietly writing the unedited plate (LORAFX_OFX_STRICT_BATCH=1 in the render environment).
+      if (!interactive && strict_batch()) {
+        show_persistent(*inst, "no result for frame " + std::to_string(frame) + ": " + reason);
+        return kOfxStatFailed;
+      }
+      show_persistent(*inst, "showing the source: " + reason);
+    }
     copy_source(source(), out, win);
-    if (frame >= ref.first && frame <= ref.last) show_persistent(*inst, "showing the source: " + reason);
     return kOfxStatOK;
   }
 

@@ -120,8 +120,15 @@ void Session::request_render(RenderRequest req) {
   cv_.notify_all();
 }
 
+bool Session::queued(int cmd) const {
+  for (const Command& c : commands_)
+    if (static_cast<int>(c.cmd) == cmd) return true;
+  return false;
+}
+
 void Session::cancel() {
   std::lock_guard<std::mutex> lk(mu_);
+  if (queued(static_cast<int>(Cmd::Cancel))) return;  // presses coalesce
   commands_.push_back({Cmd::Cancel, ref_, "", nullptr});
   set_text("cancelling");
   cv_.notify_all();
@@ -129,6 +136,9 @@ void Session::cancel() {
 
 void Session::refresh(const ShotRef& ref) {
   std::lock_guard<std::mutex> lk(mu_);
+  // Presses coalesce: an artist hammering Refresh while the server is down must not queue up
+  // one connection timeout per press.
+  if (queued(static_cast<int>(Cmd::Refresh))) return;
   commands_.push_back({Cmd::Refresh, ref, "", nullptr});
   cv_.notify_all();
 }
@@ -184,7 +194,9 @@ ResultLookup Session::result_for(const ShotRef& ref, int frame, int wait_ms) {
     return status_.busy ? status_.text : not_rendered_reason_;
   };
   if (!not_rendered_reason_.empty() && now < not_rendered_until_ms_) return {nullptr, why_not_rendered()};
-  if (server_down_ && now < retry_at_ms_) return {nullptr, down_reason_};
+  // A server known to be down is re-probed by the worker in the background; renders never wait
+  // for a connection attempt meanwhile.
+  if (server_down_) return {nullptr, down_reason_};
   if (wait_ms <= 0) return {nullptr, "result not fetched yet"};
 
   fetch_wanted_.insert(frame);
@@ -253,6 +265,7 @@ void Session::server_up() {
   if (server_down_) {
     server_down_ = false;
     not_rendered_reason_.clear();
+    set_text("reconnected to " + ref_.endpoint);
   }
   backoff_ms_ = 500;
 }
@@ -303,12 +316,17 @@ std::string Session::job_text(const Tracked& t) const {
   }
   if (r.state == "running") {
     std::string s;
-    const bool main_stage = r.stage.empty() || r.stage == (train ? "train" : "render");
+    // The steps that take the time: training's motion / appearance stages, the render's
+    // sampling. Other stages (load, encode, write...) are named as they are.
+    const bool main_stage = r.stage.empty() ||
+                            (train ? (r.stage == "train" || r.stage == "motion" || r.stage == "appearance")
+                                   : r.stage == "render");
     if (r.total > 0 && main_stage) {
       std::snprintf(buf, sizeof buf, "%s step %lld of %lld", train ? "training" : "rendering",
                     static_cast<long long>(std::max<int64_t>(r.step, 0)),
                     static_cast<long long>(r.total));
       s = buf;
+      if (r.stage == "appearance") s += " (appearance)";
     } else if (r.total > 0) {
       std::snprintf(buf, sizeof buf, "%s: %s %lld of %lld", train ? "training" : "rendering",
                     r.stage.c_str(), static_cast<long long>(std::max<int64_t>(r.step, 0)),
@@ -362,7 +380,23 @@ void Session::run() {
       lk.lock();
       continue;
     }
-    const int64_t wait = active ? std::max<int64_t>(1, next_poll_ms_ - now) : 1000;
+    if (server_down_ && !active && now >= retry_at_ms_) {
+      // Nothing to poll, but renders are falling back to the source: probe the server so they
+      // pick the results up again as soon as it is back.
+      lk.unlock();
+      try {
+        conn();
+        server_up();
+      } catch (const TransportError& e) {
+        if (e.kind() != TransportError::Kind::Interrupted) server_down(e);
+      } catch (const std::exception& e) {
+        server_down(e);
+      }
+      lk.lock();
+      continue;
+    }
+    int64_t wait = active ? std::max<int64_t>(1, next_poll_ms_ - now) : 1000;
+    if (server_down_ && !active) wait = std::max<int64_t>(1, std::min<int64_t>(wait, retry_at_ms_ - now));
     cv_.wait_for(lk, std::chrono::milliseconds(wait),
                  [&] { return stop_ || !commands_.empty() || !fetch_wanted_.empty(); });
   }
@@ -386,7 +420,6 @@ void Session::process_commands(std::unique_lock<std::mutex>& lk) {
       prefetch_pending_ = false;
       bump_generation();
     }
-    server_down_ = false;  // a user command retries at once
     not_rendered_reason_.clear();
     lk.unlock();
     switch (c.cmd) {
@@ -607,7 +640,10 @@ void Session::do_refresh() {
       if (t && !t->last.terminal()) shown = t;
     }
     if (!shown) shown = render_ ? render_.get() : train_.get();
-    set_text(shown ? job_text(*shown) : "no jobs for shot '" + ref_.shot + "' on the server");
+    if (shown)
+      set_text(job_text(*shown));
+    else if (status_.text.rfind("error:", 0) != 0)  // an unacknowledged error stays visible
+      set_text("no jobs for shot '" + ref_.shot + "' on the server");
     status_.busy = (train_ && !train_->last.terminal()) || (render_ && !render_->last.terminal());
   } catch (const TransportError& e) {
     if (e.kind() != TransportError::Kind::Interrupted) server_down(e);

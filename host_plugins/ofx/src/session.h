@@ -110,6 +110,7 @@ class Session {
     bool have_record = false;
   };
 
+  bool queued(int cmd) const;  // requires mu_
   void run();
   void process_commands(std::unique_lock<std::mutex>& lk);
   void poll_jobs();
