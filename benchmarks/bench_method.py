@@ -158,8 +158,12 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="base,ckpt,offload,fp8,lowest")
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--render-steps", type=int, default=40)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (1: stable figures on a shared machine; OpenMP threads waiting for a busy "
+                        "core slowed toy-size steps 70x)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.size == "real" and device.type != "cuda":
         print("the real-size benchmark needs a CUDA device (use --size tiny on CPU)", file=sys.stderr)

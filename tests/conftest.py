@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# One compute thread per process: the tests start server subprocesses beside the test process on a
+# 2-core machine, and OpenMP threads spinning for a busy core made toy-size steps up to 70x slower
+# (measured: 2.16 s vs 0.032 s per tiny training step). Subprocesses inherit the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,11 +38,10 @@ def bedroom_dir() -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _limit_threads():
-    # 2-core CI machine: keep torch from oversubscribing when several processes run.
     try:
         import torch
 
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     except ImportError:
         pass
     yield
