@@ -2,7 +2,9 @@
 
 #include <zmq.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -72,6 +74,13 @@ Connection::Connection(std::string endpoint, Timeouts timeouts)
 Connection::~Connection() { reset(); }
 
 void Connection::reset() {
+  if (monitor_) {
+    if (socket_) zmq_socket_monitor(socket_, nullptr, 0);
+    int linger = 0;
+    zmq_setsockopt(monitor_, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(monitor_);
+    monitor_ = nullptr;
+  }
   if (socket_) {
     int linger = 0;
     zmq_setsockopt(socket_, ZMQ_LINGER, &linger, sizeof linger);
@@ -101,6 +110,41 @@ void Connection::ensure_socket() {
                          "invalid server address '" + endpoint_ + "': " + why);
   }
   socket_ = s;
+  // Watch the connection: when the server goes away (crash, restart) the reply to a pending
+  // request is lost for good, so the call fails at once instead of waiting for its timeout.
+  static std::atomic<unsigned long long> serial{0};
+  char addr[96];
+  std::snprintf(addr, sizeof addr, "inproc://lorafx-ofx-monitor-%p-%llu", static_cast<void*>(this),
+                serial.fetch_add(1));
+  if (zmq_socket_monitor(s, addr, ZMQ_EVENT_DISCONNECTED) == 0) {
+    void* m = zmq_socket(ctx, ZMQ_PAIR);
+    int linger0 = 0;
+    if (m) zmq_setsockopt(m, ZMQ_LINGER, &linger0, sizeof linger0);
+    if (m && zmq_connect(m, addr) == 0) {
+      monitor_ = m;
+    } else if (m) {
+      zmq_close(m);
+    }
+  }
+}
+
+bool Connection::drain_monitor() {
+  bool disconnected = false;
+  if (!monitor_) return false;
+  for (;;) {
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, monitor_, ZMQ_DONTWAIT) < 0) {
+      zmq_msg_close(&msg);
+      return disconnected;
+    }
+    if (zmq_msg_size(&msg) >= 2) {
+      uint16_t event;
+      std::memcpy(&event, zmq_msg_data(&msg), 2);
+      if (event == ZMQ_EVENT_DISCONNECTED) disconnected = true;
+    }
+    zmq_msg_close(&msg);  // (the endpoint frame that follows is read and dropped the same way)
+  }
 }
 
 void Connection::send(const std::string& header, const std::vector<Bytes>& buffers,
@@ -175,6 +219,7 @@ Reply Connection::call(const std::string& type, const Value& body,
     throw TransportError(TransportError::Kind::Oversize, "message exceeds the server's limits");
 
   ensure_socket();
+  drain_monitor();  // disconnections before this request do not concern it
   send(packed, buffers, deadline);
 
   for (;;) {
@@ -189,15 +234,21 @@ Reply Connection::call(const std::string& type, const Value& body,
                            "no reply to " + type + " from " + endpoint_ + " within " +
                                std::to_string(timeout_ms / 1000) + " s");
     }
-    zmq_pollitem_t item{socket_, 0, ZMQ_POLLIN, 0};
-    int rc = zmq_poll(&item, 1, static_cast<long>(std::min<int64_t>(left, kSliceMs)));
+    zmq_pollitem_t items[2] = {{socket_, 0, ZMQ_POLLIN, 0}, {monitor_, 0, ZMQ_POLLIN, 0}};
+    int rc = zmq_poll(items, monitor_ ? 2 : 1, static_cast<long>(std::min<int64_t>(left, kSliceMs)));
     if (rc < 0) {
       if (zmq_errno() == EINTR) continue;
       std::string why = zerr();
       reset();
       throw TransportError(TransportError::Kind::Unreachable, "poll failed: " + why);
     }
-    if (rc == 0 || !(item.revents & ZMQ_POLLIN)) continue;
+    if (monitor_ && (items[1].revents & ZMQ_POLLIN) && !(items[0].revents & ZMQ_POLLIN) &&
+        drain_monitor()) {
+      reset();
+      throw TransportError(TransportError::Kind::Unreachable,
+                           "lost the connection to the server at " + endpoint_ + " during " + type);
+    }
+    if (rc == 0 || !(items[0].revents & ZMQ_POLLIN)) continue;
 
     // Read one whole multipart message.
     std::vector<std::shared_ptr<Part>> parts;

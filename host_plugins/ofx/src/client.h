@@ -115,7 +115,9 @@ class Connection {
   Timeouts timeouts_;
   Limits limits_;
   const std::atomic<bool>* stop_ = nullptr;
+  bool drain_monitor();  // true when a disconnection was reported
   void* socket_ = nullptr;
+  void* monitor_ = nullptr;  // PAIR receiving the socket's disconnect events
   int64_t next_id_;
   bool connected_once_ = false;
 };

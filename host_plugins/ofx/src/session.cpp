@@ -180,6 +180,8 @@ ResultLookup Session::result_for(const ShotRef& ref, int frame, int wait_ms) {
     not_rendered_reason_.clear();
     prefetch_pending_ = false;
     server_down_ = false;
+  } else if (ref != ref_) {
+    ref_ = ref;  // only the range changed: the cached frames still belong to this shot
   }
   auto hit = [&]() -> std::shared_ptr<const RemoteFrame> {
     auto it = cache_.find(frame);
