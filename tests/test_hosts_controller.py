@@ -70,14 +70,20 @@ def scene(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server_process(tmp_path_factory):
     proc, endpoint = start_server_process(tmp_path_factory.mktemp("state"), model="tiny")
-    yield endpoint
+    yield proc, endpoint
+    proc.send_signal(signal.SIGCONT)  # in case a test left it frozen
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(20)
     except Exception:
         proc.kill()
+
+
+@pytest.fixture
+def server(server_process):
+    return server_process[1]
 
 
 class UiThread:
@@ -236,6 +242,29 @@ def test_controller_cancel_stops_a_running_training(server, scene):
     ui.drain()
     assert not ui.named("on_error") and not ui.named("on_done")
     assert {t for _, _, t in ui.calls} == {ui.ident}
+
+
+def test_controller_follower_rides_out_an_unresponsive_server(server_process, scene):
+    # The server stops answering mid-job (frozen here; to a client the same as a restart or a
+    # network outage: requests time out). The follower says so, keeps the job id, and reports
+    # the job's end normally once the server answers again.
+    proc, endpoint = server_process
+    ui = UiThread()
+    c = ShotController(endpoint, "outage010", FIRST, LAST, ShotSettings(**{**FAST, "train_steps": 20}),
+                       dispatch=ui.dispatch, poll_s=0.3, timeout_s=2.0, **ui.callbacks())
+    with c:
+        c.submit_shot(scene["plate_pat"], scene["matte_pat"], scene["edited_path"])
+        job = c.train()
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            ui.pump_until(lambda: any(a[0] == "reconnecting" for a in ui.named("on_state")), 20)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        ui.pump_until(lambda: ui.named("on_done") or ui.named("on_error"), 180)
+    assert not ui.named("on_error"), ui.named("on_error")
+    assert ui.named("on_done")[0][0].job == job and ui.named("on_done")[0][0].record["result"]["steps"] == 20
+    states = [a[0] for a in ui.named("on_state")]
+    assert states.index("reconnecting") < states.index("reconnected") < states.index("done")
 
 
 def _free_port() -> int:

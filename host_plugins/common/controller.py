@@ -727,7 +727,7 @@ class ShotController:
         frame numbers. Path mode: the server's own files (through the path map), checked to be
         visible here; nothing is copied. `job`: the render job (default: the latest)."""
         path_mode = self.path_mode if path_mode is None else path_mode
-        return self._fetch(self._connected(), dest_dir, job, path_mode, chunk)[0]
+        return self._call(lambda c: self._fetch(c, dest_dir, job, path_mode, chunk))[0]
 
     def _fetch(self, c: Client, dest_dir: str | None, job: str | None, path_mode: bool,
                chunk: int = 8) -> tuple[str, int, int]:
