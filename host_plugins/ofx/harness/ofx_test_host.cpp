@@ -1634,7 +1634,11 @@ int main(int argc, char** argv) {
       reply(cmd, false, "", ex.what());
     }
   }
-  // dlclose only after the instance is gone; a plug-in with live threads must not be unmapped.
-  if (g_dl && !g_inst) dlclose(g_dl);
+  // Shut down like a host: destroy a live instance, Unload, then dlclose.
+  if (g_inst && g_plugin) call_action(kOfxActionDestroyInstance, g_inst.get(), nullptr, nullptr);
+  g_inst.reset();
+  if (g_plugin) call_action(kOfxActionUnload, nullptr, nullptr, nullptr);
+  g_plugin = nullptr;
+  if (g_dl) dlclose(g_dl);
   return 0;
 }

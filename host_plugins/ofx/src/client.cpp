@@ -16,20 +16,24 @@ namespace lorafx {
 
 namespace {
 
-// One ZeroMQ context per process, created on first use and kept for the process lifetime:
-// terminating it while a host still has sockets open would block, and a context costs one
-// I/O thread. Sockets are always closed with linger 0, so nothing lingers at exit.
+// One ZeroMQ context for the plug-in, created on first use and terminated on kOfxActionUnload
+// (shutdown_transport) once no Connection is left: its I/O thread must be gone before a host
+// unloads the binary. Sockets are always closed with linger 0, so termination never waits on
+// unsent messages.
+std::mutex g_ctx_mu;
+void* g_ctx = nullptr;
+std::atomic<int> g_live_connections{0};
+
 void* zmq_context() {
-  static std::once_flag once;
-  static void* ctx = nullptr;
-  std::call_once(once, [] {
-    ctx = zmq_ctx_new();
-    if (ctx) {
-      zmq_ctx_set(ctx, ZMQ_IO_THREADS, 1);
-      zmq_ctx_set(ctx, ZMQ_BLOCKY, 0);  // zmq_ctx_term must never wait on pending messages
+  std::lock_guard<std::mutex> lk(g_ctx_mu);
+  if (!g_ctx) {
+    g_ctx = zmq_ctx_new();
+    if (g_ctx) {
+      zmq_ctx_set(g_ctx, ZMQ_IO_THREADS, 1);
+      zmq_ctx_set(g_ctx, ZMQ_BLOCKY, 0);
     }
-  });
-  return ctx;
+  }
+  return g_ctx;
 }
 
 int64_t now_ms() {
@@ -65,13 +69,26 @@ void* Part::raw() { return msg_; }
 
 Connection::Connection(std::string endpoint, Timeouts timeouts)
     : endpoint_(std::move(endpoint)), timeouts_(timeouts) {
+  ++g_live_connections;
   // Request ids start at a random point so replies meant for another Connection (or an earlier
   // run of the host) can never be mistaken for ours.
   std::random_device rd;
   next_id_ = static_cast<int64_t>((static_cast<uint64_t>(rd()) << 20) % (1ULL << 50)) + 1;
 }
 
-Connection::~Connection() { reset(); }
+Connection::~Connection() {
+  reset();
+  --g_live_connections;
+}
+
+bool shutdown_transport() {
+  std::lock_guard<std::mutex> lk(g_ctx_mu);
+  if (!g_ctx) return true;
+  if (g_live_connections.load() != 0) return false;  // a leaked instance: leave it, never hang
+  zmq_ctx_term(g_ctx);
+  g_ctx = nullptr;
+  return true;
+}
 
 void Connection::reset() {
   if (monitor_) {

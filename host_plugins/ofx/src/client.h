@@ -161,4 +161,8 @@ HelloInfo hello(Connection& c, const std::string& host_name, int timeout_ms);
 
 std::string describe_error(const std::exception& e);  // one line for a status field
 
+// Terminates the process-wide ZeroMQ context (and its I/O thread) when no Connection is left;
+// returns false (and keeps it) otherwise. The plug-in calls it on kOfxActionUnload.
+bool shutdown_transport();
+
 }  // namespace lorafx

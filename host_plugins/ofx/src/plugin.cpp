@@ -947,7 +947,10 @@ OfxStatus main_entry(const char* action, const void* handle, OfxPropertySetHandl
   try {
     if (std::strcmp(action, kOfxActionLoad) == 0) return on_load();
     if (!g.prop || !g.effect || !g.param) return kOfxStatErrMissingHostFeature;  // not loaded
-    if (std::strcmp(action, kOfxActionUnload) == 0) return kOfxStatOK;
+    if (std::strcmp(action, kOfxActionUnload) == 0) {
+      shutdown_transport();  // no ZeroMQ thread may outlive the host's dlclose
+      return kOfxStatOK;
+    }
     if (std::strcmp(action, kOfxActionDescribe) == 0) return on_describe(effect);
     if (std::strcmp(action, kOfxImageEffectActionDescribeInContext) == 0)
       return on_describe_in_context(effect, in_args);
