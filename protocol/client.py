@@ -402,9 +402,13 @@ class Client:
         s.setsockopt(zmq.MAXMSGSIZE, self.limits.max_part_bytes)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        if self.curve is not None:
-            self.curve.apply(s)
-        s.connect(self.endpoint)
+        try:
+            if self.curve is not None:
+                self.curve.apply(s)
+            s.connect(self.endpoint)
+        except (zmq.ZMQError, LorafxError) as e:
+            s.close(0)  # a half-made socket left open would block close() forever
+            raise ProtocolError(f"cannot connect to {self.endpoint!r}: {e}", endpoint=self.endpoint) from e
         self._sock = s
         self._poller = zmq.Poller()
         self._poller.register(s, zmq.POLLIN)

@@ -84,6 +84,10 @@ def test_train_render_bit_exact_outside_matte(server, bedroom_plate):
         # training again with the same settings reuses the stored adapter
         again = c.wait(c.train("bed010", {"steps": 4}), timeout=120)
         assert again["result"].get("cached") is True
+        # new pixels under the same shot and settings must retrain, not reuse the stale adapter
+        c.put_frames("bed010", "matte", matte)
+        fresh = c.wait(c.train("bed010", {"steps": 4}), timeout=300)
+        assert not fresh["result"].get("cached") and fresh["result"]["key"] != again["result"]["key"]
         rec = c.wait(c.render("bed010", steps=2, cfg=1.0, seed=3), timeout=300)
         assert rec["state"] == "done"
         results = c.fetch_results("bed010", dtype="f16")

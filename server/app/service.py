@@ -244,7 +244,8 @@ class LorafxService:
         split_settings(settings)  # reject unknown keys now, not at train time
         self._check_server_switches(settings)
         paths = {"colorspace": b.get("colorspace"), "plate": b.get("plate"), "matte": b.get("matte"),
-                 "matte_channel": b.get("matte_channel", "A"), "references": {}, "loras": {}}
+                 "matte_channel": b.get("matte_channel", "A"), "references": {}, "loras": {},
+                 "inputs_rev": time.time_ns()}  # never reuses a replaced shot's LoRA cache key
         if exists:
             old = self._shot(name).paths or {}
             paths["loras"] = old.get("loras", {})
@@ -289,6 +290,8 @@ class LorafxService:
                 else:
                     self._store_inline(name, role, frame, data, req.body)
                 stored.append(frame)
+            # new pixels under the same patterns: the cached LoRA no longer matches (see _run_train)
+            paths["inputs_rev"] = int(paths.get("inputs_rev") or 0) + 1
             self.store.put_shot(name, paths=paths)
         return {"shot": name, "role": role, "stored": stored}
 
@@ -527,7 +530,9 @@ class LorafxService:
         shot = self._shot(job.shot)
         train, _, _ = split_settings({**(shot.settings or {}), **(params.get("settings") or {})})
         settings = TrainSettings.from_dict(train)
-        key = lora_key(spec, settings, self.model.name)
+        # the key covers settings, model, patterns and the shot's inputs revision (bumped by every
+        # upload), so re-uploaded pixels under the same patterns never reuse a stale adapter
+        key = lora_key(spec, settings, f"{self.model.name}#rev{(shot.paths or {}).get('inputs_rev', 0)}")
         name = params["lora"]
         if self.loras.exists(job.shot, key):  # the same inputs and settings: the cached adapter
             self._register_lora(job.shot, name, key)
@@ -647,6 +652,7 @@ class LorafxService:
             shot = self._shot(job.shot)
             paths = dict(shot.paths or {})
             paths["matte"] = None  # the shot now uses the SAM2 mattes stored with it
+            paths["inputs_rev"] = int(paths.get("inputs_rev") or 0) + 1
             settings = dict(shot.settings or {})
             mode = p.get("mode", "bbox")
             settings["mask_mode"] = mode
