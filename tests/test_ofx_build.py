@@ -67,10 +67,12 @@ def ofx_build() -> OfxBuild:
                              capture_output=True, text=True)
         if cfg.returncode != 0:
             log = cfg.stdout + cfg.stderr
-            for line in log.splitlines():
-                if "LORAFX_MISSING_DEPENDENCY" in line:
-                    _SKIP = "OFX build dependency missing: " + line.split("LORAFX_MISSING_DEPENDENCY:", 1)[1].strip()
-                    pytest.skip(_SKIP)
+            marker = "LORAFX_MISSING_DEPENDENCY:"
+            if marker in log:
+                # CMake wraps the message over indented lines; the paragraph ends at a blank line.
+                what = " ".join(log.split(marker, 1)[1].split("\n\n", 1)[0].split())
+                _SKIP = "OFX build dependency missing: " + what
+                pytest.skip(_SKIP)
             pytest.fail("cmake configure of host_plugins/ofx failed:\n" + log[-4000:])
         jobs = str(min(2, os.cpu_count() or 1))
         b = subprocess.run(["cmake", "--build", str(BUILD_DIR), "-j", jobs], capture_output=True, text=True)

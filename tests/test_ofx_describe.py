@@ -106,6 +106,10 @@ def test_parameters(described):
     assert status["OfxParamPropEvaluateOnChange"] == [0] and status["OfxParamPropPersistant"] == [0]
     version = params["resultVersion"]["props"]
     assert version["OfxParamPropSecret"] == [1] and version["OfxParamPropEvaluateOnChange"] == [1]
+    # Only what changes the rendered pixels re-renders the node; settings read when a button is
+    # pressed, and the buttons themselves, do not.
+    evaluates = {n for n, p in params.items() if p["props"].get("OfxParamPropEvaluateOnChange") == [1]}
+    assert evaluates == {"serverAddress", "shotName", "firstFrame", "lastFrame", "resultVersion"}, evaluates
     # Filter context: no matte input, so no Use Matte.
     assert list(_params(filt)) == [n for n in EXPECTED_PARAMS if n != "useMatte"]
 

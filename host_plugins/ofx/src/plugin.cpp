@@ -593,8 +593,10 @@ OfxPropertySetHandle define_param(OfxParamSetHandle ps, const char* type, const 
 }
 
 // Integer params get both a range and a display range: Resolve needs both.
+// evaluate = false for settings that only matter when Train/Render is pressed: changing them
+// must not re-render the node.
 void define_int(OfxParamSetHandle ps, const char* name, const char* label, const char* hint,
-                int dflt, int min, int max, int dmin, int dmax) {
+                int dflt, int min, int max, int dmin, int dmax, bool evaluate = true) {
   OfxPropertySetHandle p = define_param(ps, kOfxParamTypeInteger, name, label, hint);
   if (!p) return;
   g.prop->propSetInt(p, kOfxParamPropDefault, 0, dflt);
@@ -603,21 +605,27 @@ void define_int(OfxParamSetHandle ps, const char* name, const char* label, const
   g.prop->propSetInt(p, kOfxParamPropDisplayMin, 0, dmin);
   g.prop->propSetInt(p, kOfxParamPropDisplayMax, 0, dmax);
   g.prop->propSetInt(p, kOfxParamPropAnimates, 0, 0);
+  g.prop->propSetInt(p, kOfxParamPropEvaluateOnChange, 0, evaluate ? 1 : 0);
 }
 
-void define_string(OfxParamSetHandle ps, const char* name, const char* label, const char* hint,
-                   const char* dflt, const char* mode, bool evaluate = false) {
+OfxPropertySetHandle define_string(OfxParamSetHandle ps, const char* name, const char* label,
+                                   const char* hint, const char* dflt, const char* mode,
+                                   bool evaluate = false) {
   OfxPropertySetHandle p = define_param(ps, kOfxParamTypeString, name, label, hint);
-  if (!p) return;
+  if (!p) return nullptr;
   g.prop->propSetString(p, kOfxParamPropDefault, 0, dflt);
   g.prop->propSetString(p, kOfxParamPropStringMode, 0, mode);
   g.prop->propSetInt(p, kOfxParamPropAnimates, 0, 0);
   g.prop->propSetInt(p, kOfxParamPropEvaluateOnChange, 0, evaluate ? 1 : 0);
+  return p;
 }
 
 void define_button(OfxParamSetHandle ps, const char* name, const char* label, const char* hint) {
-  define_param(ps, kOfxParamTypePushButton, name, label, hint);
+  // Pressing a button changes no pixel by itself (new results re-render via resultVersion).
+  if (OfxPropertySetHandle p = define_param(ps, kOfxParamTypePushButton, name, label, hint))
+    g.prop->propSetInt(p, kOfxParamPropEvaluateOnChange, 0, 0);
 }
+
 
 OfxStatus on_describe_in_context(OfxImageEffectHandle desc, OfxPropertySetHandle in_args) {
   const std::string context = prop_str(in_args, kOfxImageEffectPropContext);
@@ -659,11 +667,11 @@ OfxStatus on_describe_in_context(OfxImageEffectHandle desc, OfxPropertySetHandle
   OfxParamSetHandle ps = nullptr;
   if (g.effect->getParamSet(desc, &ps) != kOfxStatOK) return kOfxStatErrBadHandle;
   define_string(ps, kParamServer, "Server", "ZeroMQ address of the lorafx server, e.g. tcp://127.0.0.1:5555",
-                kDefaultServer, kOfxParamStringIsSingleLine);
+                kDefaultServer, kOfxParamStringIsSingleLine, /*evaluate=*/true);
   define_string(ps, kParamShot, "Shot Name",
                 "Name of the shot on the server (letters, digits, _ . -). Train replaces a shot of "
                 "the same name.",
-                "", kOfxParamStringIsSingleLine);
+                "", kOfxParamStringIsSingleLine, /*evaluate=*/true);
   define_int(ps, kParamFirst, "First Frame", "First frame of the edit's range (inclusive)", 1001,
              -1000000, 10000000, 0, 2000);
   define_int(ps, kParamLast, "Last Frame", "Last frame of the edit's range (inclusive)", 1100,
@@ -678,8 +686,8 @@ OfxStatus on_describe_in_context(OfxImageEffectHandle desc, OfxPropertySetHandle
   define_string(ps, kParamPrompt, "Prompt",
                 "Caption of the edited shot (empty: the server captions it)", "",
                 kOfxParamStringIsMultiLine);
-  define_int(ps, kParamSteps, "Training Steps", "LoRA training steps", 100, 1, 100000, 10, 1000);
-  define_int(ps, kParamSeed, "Seed", "Seed for training and rendering", 0, 0, 2147483647, 0, 1000);
+  define_int(ps, kParamSteps, "Training Steps", "LoRA training steps", 100, 1, 100000, 10, 1000, false);
+  define_int(ps, kParamSeed, "Seed", "Seed for training and rendering", 0, 0, 2147483647, 0, 1000, false);
   if (OfxPropertySetHandle p = define_param(ps, kOfxParamTypeChoice, kParamQuality, "Quality",
                                             "Draft: 12 render steps, LoRA rank 8. Standard: 30 "
                                             "steps, rank 16. Final: 50 steps, rank 32.")) {
@@ -687,9 +695,10 @@ OfxStatus on_describe_in_context(OfxImageEffectHandle desc, OfxPropertySetHandle
       g.prop->propSetString(p, kOfxParamPropChoiceOption, i, kPresets[i].label);
     g.prop->propSetInt(p, kOfxParamPropDefault, 0, kDefaultPreset);
     g.prop->propSetInt(p, kOfxParamPropAnimates, 0, 0);
+    g.prop->propSetInt(p, kOfxParamPropEvaluateOnChange, 0, 0);
   }
   define_int(ps, kParamRenderSteps, "Render Steps",
-             "Sampling steps of the render (0: from Quality)", 0, 0, 1000, 0, 100);
+             "Sampling steps of the render (0: from Quality)", 0, 0, 1000, 0, 100, false);
   if (general) {
     if (OfxPropertySetHandle p = define_param(
             ps, kOfxParamTypeBoolean, kParamUseMatte, "Use Matte",
@@ -697,6 +706,7 @@ OfxStatus on_describe_in_context(OfxImageEffectHandle desc, OfxPropertySetHandle
             "some hosts (Resolve) report every input as connected and hand back black frames.")) {
       g.prop->propSetInt(p, kOfxParamPropDefault, 0, 1);
       g.prop->propSetInt(p, kOfxParamPropAnimates, 0, 0);
+      g.prop->propSetInt(p, kOfxParamPropEvaluateOnChange, 0, 0);
     }
   }
   define_string(ps, kParamColorspace, "Colorspace",
@@ -707,13 +717,9 @@ OfxStatus on_describe_in_context(OfxImageEffectHandle desc, OfxPropertySetHandle
   define_button(ps, kParamCancel, "Cancel", "Cancel the running training / render");
   define_button(ps, kParamRefresh, "Refresh", "Ask the server for the latest state and results");
   // Read-only status line: a label string, not saved with the project, never re-renders.
-  define_string(ps, kParamStatus, "Status", "What the server is doing", "idle", kOfxParamStringIsLabel);
-  {
-    OfxPropertySetHandle p = nullptr;
-    OfxParamHandle h = nullptr;
-    if (g.param->paramGetHandle(ps, kParamStatus, &h, &p) == kOfxStatOK && p)
-      g.prop->propSetInt(p, kOfxParamPropPersistant, 0, 0);
-  }
+  if (OfxPropertySetHandle p = define_string(ps, kParamStatus, "Status", "What the server is doing",
+                                             "idle", kOfxParamStringIsLabel))
+    g.prop->propSetInt(p, kOfxParamPropPersistant, 0, 0);
   if (OfxPropertySetHandle p = define_param(ps, kOfxParamTypeInteger, kParamResultVersion,
                                             "Result Version", "internal: bumps when new results arrive")) {
     g.prop->propSetInt(p, kOfxParamPropDefault, 0, 0);
