@@ -25,9 +25,12 @@ alphas, and the matte is the exact compositing weight of the target,
 wherever ``edit_matte == 0`` (no dilation is actually needed), and fractional matte values occur
 only on the ~1 px anti-aliased rim and where an occluder's anti-aliased rim crosses the target.
 
-Seeds: pretraining uses seeds in ``PRETRAIN_SEEDS`` = [0, 1_000_000); the quality harness uses
-``HELDOUT_SEEDS`` = [10_000_000, 10_001_000). The ranges are disjoint; every random draw is from
-``np.random.default_rng(seed)`` so no state leaks between clips.
+Seeds: pretraining uses seeds in ``PRETRAIN_SEEDS`` = [0, 1_000_000) (the transformer's clips
+from [0, 500_000), the VAE's from [500_000, 1_000_000)); the quality harness uses
+``HELDOUT_SEEDS`` = [10_000_000, 10_001_000). The ranges are disjoint. Pretraining never trains on a
+held-out seed; it only monitors its validation loss (and picks EMA vs raw weights) on
+HELDOUT_SEEDS[500:532] and reports sample PSNR on HELDOUT_SEEDS[0:6]. Every random draw is from
+``np.random.default_rng`` seeded by the clip seed, so no state leaks between clips.
 """
 
 from __future__ import annotations
