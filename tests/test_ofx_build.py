@@ -13,7 +13,6 @@ import queue
 import shutil
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,16 +183,6 @@ def read_raw(path: Path, h: int, w: int, c: int) -> np.ndarray:
     a = np.fromfile(path, dtype=np.float32)
     assert a.size == h * w * c, f"{path}: {a.size} floats, expected {h}x{w}x{c}"
     return a.reshape(h, w, c)
-
-
-def wait_until(fn, timeout: float, what: str, interval: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # --- tests of the build itself ----------------------------------------------------------------

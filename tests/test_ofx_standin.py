@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorafx.errors import Cancelled, InvalidInput, NotFound, TooLarge
+from lorafx.errors import InvalidInput, NotFound, TooLarge
 from lorafx.protocol.server import ProtocolServer
 
-from test_ofx_build import OfxHost, ofx, ofx_host, read_raw, wait_until, write_raw  # noqa: F401
+from test_ofx_build import OfxHost, ofx, ofx_host, read_raw, write_raw  # noqa: F401
 
 GENERAL = "OfxImageEffectContextGeneral"
 FILTER = "OfxImageEffectContextFilter"
@@ -62,6 +62,10 @@ class StandIn:
         self.server: ProtocolServer | None = None
         self.endpoint: str | None = None
         self._stop = threading.Event()
+        self._gate = threading.Event()
+        self._gate.set()
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, daemon=True)
         self._worker.start()
 
@@ -74,16 +78,41 @@ class StandIn:
             "job.status": self.h_status, "job.cancel": self.h_cancel, "job.list": self.h_list,
             "result.fetch": self.h_fetch,
         }
-        self.server = ProtocolServer(endpoint, handlers).start()
+        self.server = ProtocolServer(endpoint, {t: self._gated(h) for t, h in handlers.items()}).start()
         self.endpoint = self.server.endpoint
         self.running.set()
         return self
 
+    # ProtocolServer.stop() deadlocks when a handler replies after the I/O thread has gone (the
+    # reply blocks on the closed control socket while holding the lock stop() needs; reported).
+    # So handlers run behind a gate: stop() closes it, lets the ones already inside finish and
+    # deliver, and only then stops the server; late requests wait and their replies are dropped.
+    def _gated(self, handler):
+        def run(req):
+            self._gate.wait()
+            with self._inflight_lock:
+                self._inflight += 1
+            try:
+                return handler(req)
+            finally:
+                with self._inflight_lock:
+                    self._inflight -= 1
+        return run
+
     def stop(self):
         self.running.clear()
         if self.server is not None:
+            self._gate.clear()
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                with self._inflight_lock:
+                    if self._inflight == 0:
+                        break
+                time.sleep(0.01)
+            time.sleep(0.1)  # their replies reach the I/O thread
             self.server.stop()
             self.server = None
+            self._gate.set()
 
     def close(self):
         self.stop()
@@ -318,8 +347,8 @@ class Shot:
     """Synthetic plate (HDR values, negatives, a NaN and a huge value to sanitize), a moving
     matte (Alpha-only clip), and an edited frame, written as the host's raw frame files."""
 
-    def __init__(self, root: Path, w=W, h=H):
-        self.root, self.w, self.h = root, w, h
+    def __init__(self, root: Path, plugin: Path, w=W, h=H):
+        self.root, self.plugin, self.w, self.h = root, plugin, w, h
         rng = np.random.default_rng(11)
         root.mkdir(parents=True, exist_ok=True)
         self.plate, self.matte = {}, {}
@@ -356,7 +385,7 @@ class Shot:
                     if matte == "files" else f"clip Matte {matte}")
             host.ok(f"clip Reference files {self.root}/edited.%d.raw {self.w} {self.h} 4 {FIRST} {FIRST}"
                     if reference == "files" else f"clip Reference {reference}")
-        r = host.ok(f"load {OFX_PLUGIN}")
+        r = host.ok(f"load {self.plugin}")
         assert r["id"] == "io.lorafx.LoraEdit"
         host.ok(f"create {context}")
         if endpoint:
@@ -369,14 +398,9 @@ class Shot:
         host.ok("set prompt a red box on the table")
 
 
-OFX_PLUGIN = ""  # set by the fixture below (the build's path)
-
-
 @pytest.fixture
 def shot(tmp_path, ofx):  # noqa: F811
-    global OFX_PLUGIN
-    OFX_PLUGIN = str(ofx.plugin)
-    return Shot(tmp_path / "frames")
+    return Shot(tmp_path / "frames", ofx.plugin)
 
 
 def assert_clean(host: OfxHost):

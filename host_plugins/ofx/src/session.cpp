@@ -251,6 +251,19 @@ Connection& Session::conn() {
   return *conn_;
 }
 
+Reply Session::request(const std::string& type, const Value& body, const std::vector<Bytes>& buffers,
+                       int timeout_ms) {
+  Connection& c = conn();
+  try {
+    Reply r = c.call(type, body, buffers, timeout_ms);
+    server_up();
+    return r;
+  } catch (const RemoteError&) {
+    server_up();  // an error reply still proves the server is there
+    throw;
+  }
+}
+
 void Session::server_down(const std::exception& e) {
   std::lock_guard<std::mutex> lk(mu_);
   server_down_ = true;
@@ -454,16 +467,21 @@ void Session::process_commands(std::unique_lock<std::mutex>& lk) {
 
 void Session::submit_render(const RenderRequest& req) {
   try {
-    Connection& c = conn();
-    if (!req.edited.empty()) put_frames(c, req.ref.shot, "reference", req.edited);
+    if (!req.edited.empty()) {
+      try {
+        put_frames(conn(), req.ref.shot, "reference", req.edited);
+      } catch (const RemoteError&) {
+        server_up();
+        throw;
+      }
+    }
     Value::Map body{{"shot", req.ref.shot},
                     {"seed", static_cast<unsigned long long>(req.seed)},
                     {"steps", req.steps},
                     {"first", req.ref.first},
                     {"last", req.ref.last}};
     if (!req.caption.empty()) body["caption"] = req.caption;
-    Reply r = c.call("job.render", Value(std::move(body)), {}, kStatusTimeoutMs);
-    server_up();
+    Reply r = request("job.render", Value(std::move(body)), {}, kStatusTimeoutMs);
     render_ = std::make_unique<Tracked>();
     render_->id = r.body.at("job").as_str("job");
     render_->kind = "render";
@@ -491,7 +509,7 @@ void Session::poll_jobs() {
     if (!t || (t->have_record && t->last.terminal()) || stop_) continue;
     JobRecord rec;
     try {
-      Reply r = conn().call("job.status", Value(Value::Map{{"job", t->id}}), {}, kStatusTimeoutMs);
+      Reply r = request("job.status", Value(Value::Map{{"job", t->id}}), {}, kStatusTimeoutMs);
       rec = JobRecord::from(r.body);
       server_up();
     } catch (const TransportError& e) {
@@ -509,7 +527,7 @@ void Session::poll_jobs() {
       // deleted): look for the newest job of the same kind on the shot and re-attach to it.
       std::string replacement;
       try {
-        Reply l = conn().call("job.list", Value(Value::Map{{"shot", current_ref().shot}, {"limit", 20}}),
+        Reply l = request("job.list", Value(Value::Map{{"shot", current_ref().shot}, {"limit", 20}}),
                               {}, kStatusTimeoutMs);
         for (const Value& j : l.body.at("jobs").as_array("jobs")) {
           if (j.get_str("kind") == t->kind) {
@@ -582,7 +600,7 @@ void Session::do_cancel() {
     Tracked* jobs[2] = {render_.get(), train_.get()};
     for (Tracked* t : jobs) {
       if (!t || (t->have_record && t->last.terminal())) continue;
-      Reply r = conn().call("job.cancel", Value(Value::Map{{"job", t->id}}), {}, kStatusTimeoutMs);
+      Reply r = request("job.cancel", Value(Value::Map{{"job", t->id}}), {}, kStatusTimeoutMs);
       t->last = JobRecord::from(r.body);
       t->have_record = true;
       any = true;
@@ -617,7 +635,7 @@ void Session::do_refresh() {
   if (train_ || render_) return;  // the poll loop re-queries tracked jobs right away
   // Nothing tracked (a fresh host session): pick up the shot's newest jobs from the server.
   try {
-    Reply l = conn().call("job.list", Value(Value::Map{{"shot", current_ref().shot}, {"limit", 50}}), {},
+    Reply l = request("job.list", Value(Value::Map{{"shot", current_ref().shot}, {"limit", 50}}), {},
                           kStatusTimeoutMs);
     server_up();
     for (const Value& j : l.body.at("jobs").as_array("jobs")) {
@@ -671,7 +689,7 @@ std::vector<int> Session::fetch_range(int first, int last, int* chunk_hint) {
     if (!job.empty()) body["job"] = job;
     Reply r;
     try {
-      r = conn().call("result.fetch", Value(std::move(body)), {}, kFetchTimeoutMs);
+      r = request("result.fetch", Value(std::move(body)), {}, kFetchTimeoutMs);
     } catch (const RemoteError& e) {
       if (e.code() == "too_large") {
         const int64_t fit = e.details().get_int("max_frames", 0);

@@ -120,6 +120,9 @@ class Session {
   void do_cancel();
   void do_refresh();
   Connection& conn();  // the worker's connection to ref_.endpoint (worker thread only)
+  // conn().call that also records that the server answered (worker thread only).
+  Reply request(const std::string& type, const Value& body, const std::vector<Bytes>& buffers,
+                int timeout_ms);
   void set_text(const std::string& text);  // requires mu_
   ShotRef current_ref() const;             // locks mu_
   void server_down(const std::exception& e);
