@@ -294,7 +294,13 @@ class ProtocolServer:
         with self._ctl_lock:
             if self._ctl_push is None:
                 return  # stopped: nothing to deliver to
-            self._ctl_push.send_multipart(frames, copy=False)
+            try:
+                # Never block: the queue is unbounded (sndhwm 0), so Again means the I/O thread
+                # has gone (stop() closed its end) and nothing can be delivered. A blocking send
+                # here would hold _ctl_lock forever and deadlock stop().
+                self._ctl_push.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except (zmq.Again, zmq.ContextTerminated):
+                log.debug("protocol I/O thread gone; dropped a %r message", bytes(frames[0])[:8])
 
     def _io_main(self, router: zmq.Socket, ctl: zmq.Socket) -> None:
         poller = zmq.Poller()

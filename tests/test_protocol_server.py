@@ -776,3 +776,31 @@ def test_plain_mode_is_loopback_only():
     ProtocolServer("tcp://0.0.0.0:5555", allow_insecure=True)  # explicit opt-out: allowed
     ProtocolServer("tcp://[::1]:5555")
     ProtocolServer("ipc:///tmp/lorafx-test.sock")
+
+
+def test_stop_does_not_deadlock_when_a_handler_replies_after_the_io_thread_has_gone():
+    """A handler still running at stop() used to block forever sending its reply to the closed
+    I/O thread while holding the lock stop() needs next: stop() never returned."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(req):
+        entered.set()
+        release.wait(10)
+        return {"job": "late-1", "state": "queued", "position": 0}
+
+    server = ProtocolServer(LOCAL, {"job.train": slow}).start()
+    io_thread = server._io_thread
+    client = Client(server.endpoint, timeout_s=3)
+    caller = threading.Thread(target=lambda: pytest.raises(Exception, client.train, "s"), daemon=True)
+    caller.start()
+    assert entered.wait(5)
+    stopper = threading.Thread(target=server.stop, kwargs={"timeout": 2.0}, daemon=True)
+    stopper.start()
+    io_thread.join(5)
+    assert not io_thread.is_alive()
+    release.set()  # the handler now replies into a server whose I/O thread is gone
+    stopper.join(10)
+    assert not stopper.is_alive(), "ProtocolServer.stop() deadlocked"
+    assert not server.running
+    caller.join(10)
+    client.close()
