@@ -224,6 +224,32 @@ def test_controller_path_mode_sends_patterns_through_path_map_and_locates_result
     _assert_outside_matte_is_plate(outcome.pattern, scene)
 
 
+def test_negative_frame_numbers_round_trip_inline_and_through_the_servers_own_files(server, scene, tmp_path):
+    """Frames -4..4 (a pre-roll before 0): uploaded, stored, rendered and fetched under their own
+    numbers, written as name.-0004.exr like every other sequence tool (not name.-004.exr)."""
+    first, last = -4, -4 + N - 1
+    src = tmp_path / "negative"
+    src.mkdir()
+    for k in range(N):
+        for name in ("plate", "matte"):
+            os.link(sequence_path(scene[f"{name}_pat"], FIRST + k), sequence_path(str(src / f"{name}.####.exr"), first + k))
+    os.link(scene["edited_path"], src / "edited.-0004.exr")
+    assert (src / "plate.-0004.exr").is_file() and (src / "plate.0004.exr").is_file()
+    with ShotController(server, "preroll010", first, last, ShotSettings(**FAST), poll_s=0.3) as c:
+        record = c.submit_shot(str(src / "plate.####.exr"), str(src / "matte.####.exr"),
+                               str(src / "edited.-0004.exr"), path_mode=False)
+        assert record["frames"]["plate"] == list(range(first, last + 1))
+        c.wait(c.train(), timeout=240)
+        outcome = c.wait(c.render(results_dir=str(tmp_path / "results")), timeout=240)
+    assert (outcome.first, outcome.last) == (first, last)
+    written = sorted(p.name for p in (tmp_path / "results").rglob("result.*.exr"))
+    assert written[:2] == ["result.-0001.exr", "result.-0002.exr"] and "result.0004.exr" in written, written
+    for k in range(N):
+        out = read_frame(sequence_path(outcome.pattern, first + k)).pixels.astype(np.float16)
+        outside = scene["matte"][FIRST + k][..., 0] == 0
+        assert np.array_equal(out[outside].view(np.uint16), scene["plate"][FIRST + k][outside].view(np.uint16))
+
+
 def test_controller_cancel_stops_a_running_training(server, scene):
     ui = UiThread()
     c = ShotController(server, "cancel010", FIRST, LAST, ShotSettings(**{**FAST, "train_steps": 100000}),

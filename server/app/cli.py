@@ -309,7 +309,7 @@ def _contact_sheet(shot, pattern: str, path: Path) -> None:
     import numpy as np
 
     from lorafx.server.media.colour import ColourSettings, ColourTransform
-    from lorafx.server.media.io import read_frame
+    from lorafx.server.media.io import read_frame, sequence_path
     from lorafx.server.media.plate import make_contact_sheet
 
     to_display = ColourTransform(ColourSettings())
@@ -324,8 +324,8 @@ def _contact_sheet(shot, pattern: str, path: Path) -> None:
     rows = []
     for k in picks:
         f = shot.first + k
-        src = disp(shot.plate.replace("####", f"{f:04d}"))
-        res = disp(pattern.replace("####", f"{f:04d}"))
+        src = disp(sequence_path(shot.plate, f))
+        res = disp(sequence_path(pattern, f))
         middle = edited if k == 0 else (shot.ground_truth[k] if shot.ground_truth is not None
                                         else np.zeros_like(edited))
         rows.append([src, middle, res])

@@ -25,7 +25,7 @@ from lorafx.protocol import messages as M
 from lorafx.protocol.server import ProtocolServer, Request
 from lorafx.server.jobs import JobQueue, JobStore, get_metrics
 from lorafx.server.jobs.lora_store import AdapterCache, LoraStore
-from lorafx.server.media.io import read_frame, write_exr_atomic
+from lorafx.server.media.io import read_frame, sequence_path, write_exr_atomic
 from lorafx.server.method import lora as lora_ops
 from lorafx.server.method.sampler import RenderSettings
 from lorafx.server.method.stack import WanStack
@@ -67,6 +67,11 @@ def split_settings(settings: dict) -> tuple[dict, dict, dict]:
         train["appearance_epochs"] = max(1, int(shot.pop("appearance_steps")) // 10)
     return train, render, shot
 
+
+
+def _result_path(out_dir: Path, frame: int) -> str:
+    """A render job's result EXR for `frame` (negative frames as result.-0005.exr)."""
+    return sequence_path(str(out_dir / "result.####.exr"), frame)
 
 class LorafxService:
     def __init__(self, stack: WanStack, model: ModelInfo, state_dir: str | Path, *,
@@ -154,7 +159,7 @@ class LorafxService:
         _, _, shot_settings = split_settings(settings)
         refs = {int(k): v for k, v in (paths.get("references") or {}).items()}
         for f in self._stored_frames(name, "reference"):
-            refs.setdefault(f, self._role_pattern(name, "reference").replace("####", f"{f:04d}"))
+            refs.setdefault(f, sequence_path(self._role_pattern(name, "reference"), f))
         mask_mode = shot_settings.get("mask_mode", "bbox")
         if mask_mode == "dilate":
             mask_mode = f"dilate:{int(shot_settings.get('dilate', 8))}"
@@ -253,9 +258,7 @@ class LorafxService:
         for role in ("plate", "matte"):
             pattern = paths[role]
             if pattern:
-                probe = pattern.replace("####", f"{first:04d}").replace("%04d", f"{first:04d}")
-                if "#" not in pattern and "%" not in pattern:
-                    raise InvalidInput(f"{role} pattern {pattern!r} has no frame number (#### or %04d)")
+                probe = sequence_path(pattern, first)  # InvalidInput when it has no frame token
                 if not Path(probe).is_file():
                     raise NotFound(f"{role} sequence {pattern}: first frame {probe} not found", path=probe)
         (self.shots_dir / name).mkdir(parents=True, exist_ok=True)
@@ -306,13 +309,13 @@ class LorafxService:
             raise InvalidInput(f"{role} frame {frame} has {int(bad.sum())} NaN/inf values", frame=frame)
         existing = self._stored_frames(name, role)
         if existing:
-            ref = read_frame(self._role_pattern(name, role).replace("####", f"{existing[0]:04d}"))
+            ref = read_frame(sequence_path(self._role_pattern(name, role), existing[0]))
             if (ref.width, ref.height) != (arr.shape[1], arr.shape[0]):
                 raise InvalidInput(f"{role} frame {frame} is {arr.shape[1]}x{arr.shape[0]} but earlier {role} frames "
                                    f"are {ref.width}x{ref.height}", frame=frame)
         if role == "matte" and arr.shape[-1] == 1:
             channels = ["A"]
-        path = self._role_pattern(name, role).replace("####", f"{frame:04d}")
+        path = sequence_path(self._role_pattern(name, role), frame)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         pixel_type = "half" if pixels.dtype == np.float16 else "float"
         write_exr_atomic(path, arr, channels, pixel_type=pixel_type, metadata={"shot": name, "role": role})
@@ -436,19 +439,19 @@ class LorafxService:
         if first < shot.frame_first or last > shot.frame_last or last < first:
             raise InvalidInput(f"range {first}-{last} is outside shot {shot.name} "
                                f"({shot.frame_first}-{shot.frame_last})")
-        frames = [f for f in range(first, last + 1) if (out_dir / f"result.{f:04d}.exr").is_file()]
+        frames = [f for f in range(first, last + 1) if Path(_result_path(out_dir, f)).is_file()]
         if not frames:
             raise NotFound(f"job {job_id} wrote no frames in {first}-{last}")
         if b.get("mode", "buffers") == "paths":
             return {"shot": shot.name, "job": job_id,
-                    "frames": [{"frame": f, "role": "result", "path": str(out_dir / f"result.{f:04d}.exr")}
+                    "frames": [{"frame": f, "role": "result", "path": _result_path(out_dir, f)}
                                for f in frames]}
         dtype = np.float16 if b.get("dtype", "f16") == "f16" else np.float32
         wanted = list(b.get("channels") or [])
         descs, arrays, total = [], [], 0
         limit = self.server.limits.max_message_bytes
         for i, f in enumerate(frames):
-            fr = read_frame(out_dir / f"result.{f:04d}.exr")
+            fr = read_frame(_result_path(out_dir, f))
             chans = wanted or list(fr.channels)
             idx = [fr.channel_index(c) for c in chans]
             px = np.ascontiguousarray(fr.pixels[..., idx].astype(dtype))
@@ -644,7 +647,7 @@ class LorafxService:
                                   device=str(self.stack.device))
         with self._shot_lock(job.shot):
             for k, number in enumerate(plate.frame_numbers):
-                path = self._role_pattern(job.shot, "matte").replace("####", f"{number:04d}")
+                path = sequence_path(self._role_pattern(job.shot, "matte"), number)
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 write_exr_atomic(path, matte[k][..., None], ["A"], plate.data_window, plate.display_window,
                                  metadata={"shot": job.shot, "role": "matte", "source": "sam2"})
