@@ -62,10 +62,6 @@ class StandIn:
         self.server: ProtocolServer | None = None
         self.endpoint: str | None = None
         self._stop = threading.Event()
-        self._gate = threading.Event()
-        self._gate.set()
-        self._inflight = 0
-        self._inflight_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, daemon=True)
         self._worker.start()
 
@@ -78,41 +74,16 @@ class StandIn:
             "job.status": self.h_status, "job.cancel": self.h_cancel, "job.list": self.h_list,
             "result.fetch": self.h_fetch,
         }
-        self.server = ProtocolServer(endpoint, {t: self._gated(h) for t, h in handlers.items()}).start()
+        self.server = ProtocolServer(endpoint, handlers).start()
         self.endpoint = self.server.endpoint
         self.running.set()
         return self
 
-    # ProtocolServer.stop() deadlocks when a handler replies after the I/O thread has gone (the
-    # reply blocks on the closed control socket while holding the lock stop() needs; reported).
-    # So handlers run behind a gate: stop() closes it, lets the ones already inside finish and
-    # deliver, and only then stops the server; late requests wait and their replies are dropped.
-    def _gated(self, handler):
-        def run(req):
-            self._gate.wait()
-            with self._inflight_lock:
-                self._inflight += 1
-            try:
-                return handler(req)
-            finally:
-                with self._inflight_lock:
-                    self._inflight -= 1
-        return run
-
     def stop(self):
         self.running.clear()
         if self.server is not None:
-            self._gate.clear()
-            end = time.monotonic() + 10
-            while time.monotonic() < end:
-                with self._inflight_lock:
-                    if self._inflight == 0:
-                        break
-                time.sleep(0.01)
-            time.sleep(0.1)  # their replies reach the I/O thread
             self.server.stop()
             self.server = None
-            self._gate.set()
 
     def close(self):
         self.stop()
