@@ -181,3 +181,27 @@ def test_shipped_weights_metadata_and_size():
     assert size < 9_000_000
     index = json.loads((WEIGHTS_DIR / "model_index.json").read_text())
     assert index["_class_name"] == "WanImageToVideoPipeline"
+
+
+@needs_weights
+def test_a_later_pretraining_stage_continues_the_shipped_stack_and_keeps_its_latent_space(tmp_path):
+    """`pretrain --init-from`: a one-minute stage on top of the shipped weights writes a directory
+    that loads through the Wan loader, with the encoder and latent statistics untouched (so the
+    transformer stays valid) and the earlier stage's log kept beside the new one."""
+    from lorafx.server.miniworld import pretrain
+    from lorafx.server.miniworld.model import load_miniworld
+
+    out = tmp_path / "stage"
+    assert pretrain.main(["--init-from", str(WEIGHTS_DIR), "--out", str(out), "--minutes", "0.5",
+                          "--decoder-minutes", "0.05", "--eval-seeds", "1", "--data-share", "0.1"]) == 0
+    settings = json.loads((out / "pretrain_settings.json").read_text())
+    assert settings["continued_from"]["seed"] == 0 and settings["transformer"]["steps"] > 10
+    assert "kept" in settings["decoder_finetune"]
+    assert (out / "train_log.txt").read_text().count("dit step") >= 1
+    assert len(list(out.glob("train_log_stage*.txt"))) == len(list(WEIGHTS_DIR.glob("train_log*.txt")))
+    shipped, later = load_miniworld(), load_miniworld(path=out)
+    assert later.vae.config.latents_mean == shipped.vae.config.latents_mean
+    enc = dict(shipped.vae.encoder.named_parameters())
+    assert all(torch.equal(p, enc[n]) for n, p in later.vae.encoder.named_parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(later.transformer.parameters(),
+                                                      shipped.transformer.parameters()))

@@ -12,7 +12,11 @@ Variants (paper references): stock I2V without LoRA; naive LoRA (`i2v`, Sec. 3.1
 blending (App. B.1); mask-aware LoRA (`masked`, the method); + appearance stage with one painted
 later frame (Sec. 3.3.2); bbox / tight / noisy masks (App. B.2); 9-frame windows (App. C).
 
-    python -m benchmarks.quality.harness --shots 4 --steps 100 --render-steps 20 --out benchmarks/RESULTS.md
+Two reference rows frame the numbers: `vae_ceiling` (the true edited video through the VAE and
+back: no model can beat it) and `repeat_first` (the edited first frame held for the whole shot).
+After the table, each paper claim is checked against the means and printed as reproduced or not.
+
+    python -m benchmarks.quality.harness --shots 4 --steps 100 --render-steps 20 --write-results
 """
 
 from __future__ import annotations
@@ -103,7 +107,8 @@ def _video(a: np.ndarray) -> torch.Tensor:
 
 
 def run_variant(stack, shot, v: Variant, *, steps: int, render_steps: int, seed: int = 0,
-                cfg: float = 1.0, lr: float = 1e-4) -> tuple[np.ndarray, dict]:
+                cfg: float = 1.0, lr: float = 1e-4, negative_prompt: str | None = None,
+                shift: float = 5.0, rank: int = 16) -> tuple[np.ndarray, dict]:
     source = _video(shot.source)
     edited = _video(shot.edited)
     matte = shot.matte.astype(np.float32)
@@ -115,14 +120,16 @@ def run_variant(stack, shot, v: Variant, *, steps: int, render_steps: int, seed:
     if v.train_config is not None:
         painted = {shot.num_frames - 1: edited[-1]} if v.painted else None
         settings = TrainSettings(config=v.train_config, steps=steps, lr=lr, seed=seed, caption=shot.caption,
+                                 rank=rank, alpha=float(rank),
                                  painted_caption=shot.edited_caption, window=v.window,
                                  appearance_epochs=max(1, steps // 10) if v.painted else 10)
         motion, appearance = prepare_samples(stack, source, keep, settings, painted=painted)
         adapter = f"q-{v.name}"
         LoraTrainer(stack, adapter, settings).train(motion, appearance)
     train_s = time.perf_counter() - t0
+    extra = {} if negative_prompt is None else {"negative_prompt": negative_prompt}
     rs = RenderSettings(config=v.render_config, steps=render_steps, cfg=cfg, seed=seed, baseline=v.baseline,
-                        caption=shot.edited_caption)
+                        caption=shot.edited_caption, shift=shift, **extra)
     t1 = time.perf_counter()
     video = render(stack, source, keep, edited[0], rs, adapter)
     render_s = time.perf_counter() - t1
@@ -132,22 +139,109 @@ def run_variant(stack, shot, v: Variant, *, steps: int, render_steps: int, seed:
     return out, {"train_s": train_s, "render_s": render_s}
 
 
+REFERENCES = {"vae_ceiling": "truth through the VAE", "repeat_first": "edited frame 1 held"}
+
+
+def reference_output(stack, shot, name: str) -> np.ndarray:
+    if name == "repeat_first":
+        return np.repeat(shot.edited[:1], shot.num_frames, 0)
+    from lorafx.server.method.encode import decode_latents, encode_video
+
+    video = decode_latents(stack, encode_video(stack, _video(shot.edited)))[0]  # [3,F,H,W]
+    return ((video + 1) / 2).permute(1, 2, 3, 0).numpy()
+
+
 def run(stack, shots, variants, *, steps: int, render_steps: int, cfg: float = 1.0, lr: float = 1e-4,
-        log=print) -> list[dict]:
+        log=print, **render_kw) -> list[dict]:
     rows = []
     for name in variants:
-        v = VARIANTS[name]
         per_shot = []
-        for shot in shots:
-            out, timing = run_variant(stack, shot, v, steps=steps, render_steps=render_steps, cfg=cfg, lr=lr)
-            per_shot.append((score(out, shot), timing))
+        if name in REFERENCES:
+            v = Variant(name, None, paper=REFERENCES[name])
+            for shot in shots:
+                per_shot.append((score(reference_output(stack, shot, name), shot), {"train_s": 0.0, "render_s": 0.0}))
+        else:
+            v = VARIANTS[name]
+            for shot in shots:
+                out, timing = run_variant(stack, shot, v, steps=steps, render_steps=render_steps, cfg=cfg, lr=lr,
+                                          **render_kw)
+                per_shot.append((score(out, shot), timing))
         mean = {k: float(np.nanmean([getattr(s, k) for s, _ in per_shot]))
                 for k in ("bg_psnr", "bg_max_err", "edit_psnr", "edit_err", "temporal_err", "edit_psnr_late")}
         mean["train_s"] = float(np.mean([t["train_s"] for _, t in per_shot]))
         mean["render_s"] = float(np.mean([t["render_s"] for _, t in per_shot]))
-        rows.append({"variant": name, "paper": v.paper, **mean})
+        rows.append({"variant": name, "paper": v.paper, **mean,
+                     "per_shot_edit_psnr": [s.edit_psnr for s, _ in per_shot]})
         log(format_row(rows[-1]))
     return rows
+
+
+def claims(rows: list[dict], tolerance_db: float = 0.5) -> list[tuple[str, bool | None, str]]:
+    """The paper's claims checked on the table's means: (claim, reproduced, the numbers).
+    None where a variant the claim needs was not run."""
+    r = {row["variant"]: row for row in rows}
+    out = []
+
+    def need(*names):
+        return all(n in r for n in names)
+
+    if need("masked", "no_lora"):
+        m, n = r["masked"], r["no_lora"]
+        out.append(("the method beats the stock model on edit propagation (issue #5)",
+                    m["edit_psnr"] > n["edit_psnr"], f"{m['edit_psnr']:.2f} vs {n['edit_psnr']:.2f} dB"))
+    for base in ("naive_lora", "feature_blend"):
+        if need("masked", base):
+            m, b = r["masked"], r[base]
+            ok = m["bg_psnr"] > b["bg_psnr"] and m["edit_psnr"] > b["edit_psnr"]
+            out.append((f"the method beats {base} on background and edit (Tab. 3)", ok,
+                        f"bg {m['bg_psnr']:.2f} vs {b['bg_psnr']:.2f}, edit {m['edit_psnr']:.2f} vs "
+                        f"{b['edit_psnr']:.2f} dB"))
+    if need("masked+appearance", "masked"):
+        a, m = r["masked+appearance"], r["masked"]
+        out.append(("a painted later frame improves the later frames (Fig. 7)",
+                    a["edit_psnr_late"] > m["edit_psnr_late"],
+                    f"late edit {a['edit_psnr_late']:.2f} vs {m['edit_psnr_late']:.2f} dB"))
+    if need("masked", "masked_tight"):
+        b, t = r["masked"], r["masked_tight"]
+        numbers = f"edit bbox {b['edit_psnr']:.2f} vs tight {t['edit_psnr']:.2f} dB"
+        if "masked_noisy" in r:
+            numbers += f", noisy tight {r['masked_noisy']['edit_psnr']:.2f} dB"
+        out.append((f"loose (bbox) masks are no worse than tight (B.2; within {tolerance_db} dB)",
+                    b["edit_psnr"] >= t["edit_psnr"] - tolerance_db, numbers))
+    if need("masked", "masked_win9"):
+        w, m = r["masked_win9"], r["masked"]
+        out.append((f"9-frame windows stay close to whole-clip training (C.1; within {tolerance_db} dB)",
+                    abs(w["edit_psnr"] - m["edit_psnr"]) <= tolerance_db and
+                    abs(w["bg_psnr"] - m["bg_psnr"]) <= 2 * tolerance_db,
+                    f"edit {w['edit_psnr']:.2f} vs {m['edit_psnr']:.2f}, bg {w['bg_psnr']:.2f} vs "
+                    f"{m['bg_psnr']:.2f} dB"))
+    return out
+
+
+def format_claims(checked) -> str:
+    verdict = {True: "reproduced", False: "**not reproduced**", None: "not run"}
+    return "\n".join(f"- {claim}: {verdict[ok]} ({numbers})" for claim, ok, numbers in checked)
+
+
+SECTION_START = "<!-- quality-harness:start -->"
+SECTION_END = "<!-- quality-harness:end -->"
+
+
+def write_section(path: str, text: str) -> None:
+    """Replace the harness's section of RESULTS.md (between its markers), or append it; atomic."""
+    import os
+
+    body = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
+    old = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    if SECTION_START in old and SECTION_END in old:
+        head, rest = old.split(SECTION_START, 1)
+        new = head + body + rest.split(SECTION_END, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + body
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
 
 
 HEADER = ("| variant | paper | bg PSNR | bg max err | edit PSNR | edit err | temporal err | late edit PSNR "
@@ -170,24 +264,44 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--render-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=1.0)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join([*REFERENCES, *VARIANTS]))
     p.add_argument("--json")
+    p.add_argument("--write-results", nargs="?", const="benchmarks/RESULTS.md", default=None,
+                   help="write the table and the claims into this RESULTS.md (its quality section)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     from lorafx.server.app.models import open_model
     from lorafx.server.miniworld.footage import heldout_shots
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     stack, info = open_model(args.model)
     shots = heldout_shots(args.shots, frames=args.frames, edit=args.edit)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"quality harness: model {info.name}, {len(shots)} held-out shots x {args.frames} frames, edit "
-          f"{args.edit}, {args.steps} steps lr {args.lr}, {args.render_steps} render steps cfg {args.cfg}, commit {commit}")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    commit += "+local changes" if dirty else ""
+    title = (f"model {info.name}, {len(shots)} held-out shots x {args.frames} frames, edit {args.edit}, "
+             f"{args.steps} LoRA steps at lr {args.lr:g}, {args.render_steps} render steps, cfg {args.cfg:g}, "
+             f"commit {commit}")
+    print("quality harness: " + title)
     print(HEADER)
+    t0 = time.perf_counter()
     rows = run(stack, shots, args.variants.split(","), steps=args.steps, render_steps=args.render_steps,
                cfg=args.cfg, lr=args.lr)
+    checked = claims(rows)
+    print(format_claims(checked))
+    if args.write_results:
+        table = "\n".join([HEADER, *(format_row(r) for r in rows)])
+        write_section(args.write_results, f"## Quality harness (issue #5), {time.strftime('%Y-%m-%d')}\n\n"
+                      f"{title}; {torch.get_num_threads()} thread(s), {time.perf_counter() - t0:.0f} s.\n"
+                      f"Command: `python -m benchmarks.quality.harness "
+                      f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{table}\n\n"
+                      f"Claims (paper), checked on these means:\n\n{format_claims(checked)}\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"commit": commit, "model": info.name, "args": vars(args), "rows": rows}, f, indent=2)
+            json.dump({"commit": commit, "model": info.name, "args": vars(args), "rows": rows,
+                       "claims": [{"claim": c, "reproduced": ok, "numbers": n} for c, ok, n in checked]}, f, indent=2)
     return 0
 
 

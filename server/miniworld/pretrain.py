@@ -2,6 +2,16 @@
 
     python -m lorafx.server.miniworld.pretrain --out DIR --minutes N --seed S
 
+A later stage continues a trained directory instead of starting from random weights:
+
+    python -m lorafx.server.miniworld.pretrain --init-from DIR --out DIR2 --minutes N --decoder-minutes M
+
+It keeps the VAE encoder (so the latent space, its statistics and the transformer stay valid),
+optionally fine-tunes the VAE decoder alone (kept only if held-out reconstruction improves), and
+continues the transformer on clips the earlier stages never drew. The shipped weights are stage 1
+(55 min, 1 thread) followed by stage 2 (65 min, 2 threads); ``train_log_stage1.txt`` and
+``pretrain_settings.json["continued_from"]`` keep the earlier stage's record.
+
 Phases (each gets a share of the wall-clock budget):
 
 (a) VAE: ``AutoencoderKLWan`` (see ``init_vae``) learns to reconstruct single frames and 9-frame
@@ -239,6 +249,51 @@ def train_vae(stack, log: Log, seconds: float, run_seed: int, lr: float = 4e-4,
             p.copy_(p.half().float())
     return {"steps": step, "final_l1": float(np.mean([h[0] for h in hist[-50:]])),
             "final_train_psnr": float(np.mean([h[1] for h in hist[-50:]]))}
+
+
+def finetune_decoder(stack, log: Log, seconds: float, run_seed: int, lr: float = 1e-4) -> dict:
+    """Continue training only the VAE *decoder* (and ``post_quant_conv``) on whole 64 px clips and
+    single frames: the encoder, hence the latent space the transformer was trained in, is
+    untouched, so a shipped transformer stays valid while reconstructions get sharper.
+    Posterior sampled as in ``train_vae``; L1 + MSE; constant lr after a short warm-up."""
+    vae = stack.vae
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    vae.train()
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    seeds = vae_seeds(run_seed + 1)  # fresh draws from the VAE's pretraining range
+    rng = np.random.default_rng([run_seed, 5])
+    t_start, step, hist = time.time(), 0, []
+    while time.time() - t_start < seconds:
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 30)
+        vids = []
+        n, frames = (2, 9) if step % 2 == 0 else (8, 1)
+        for _ in range(n):
+            scene = footage.sample_scene(next(seeds))
+            v, _ = footage.render(scene, frames, 64, t_offset=float(rng.uniform(0, 8)))
+            vids.append(_vid(v))
+        x = torch.stack(vids)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        y = _decode_unclamped(vae, z)
+        loss = (y - x).abs().mean() + ((y - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        step += 1
+        hist.append(_psnr(y.detach(), x))
+        if step % 50 == 0:
+            log(f"decoder step {step} psnr {np.mean(hist[-50:]):.2f}")
+    vae.eval()
+    vae.requires_grad_(False)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.copy_(p.half().float())
+    return {"steps": step, "final_train_psnr": float(np.mean(hist[-50:])) if hist else float("nan")}
 
 
 def _decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
@@ -577,6 +632,13 @@ def _portable_names(out: Path) -> None:
     tc = json.loads(tc_p.read_text())
     tc["tokenizer_class"] = "PreTrainedTokenizerFast"
     tc_p.write_text(json.dumps(tc, indent=2) + "\n")
+    # a stack loaded from disk (a later stage) records where it came from: not portable
+    for cfg_p in out.glob("*/config.json"):
+        cfg = json.loads(cfg_p.read_text())
+        if cfg.pop("_name_or_path", None) is not None:
+            cfg_p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    idx.pop("_name_or_path", None)
+    idx_p.write_text(json.dumps(idx, indent=2, sort_keys=True) + "\n")
 
 
 def dir_size(p: Path) -> int:
@@ -593,7 +655,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-share", type=float, default=0.13)
     ap.add_argument("--frac33", type=float, default=0.15, help="share of 33-frame DiT clips")
     ap.add_argument("--eval-seeds", type=int, default=6)
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="continue from a pretrained miniworld directory (a later stage): its VAE "
+                         "encoder and latent statistics are kept, so its transformer stays valid")
+    ap.add_argument("--decoder-minutes", type=float, default=0.0,
+                    help="with --init-from: fine-tune the VAE decoder only, kept if held-out "
+                         "reconstruction improves")
+    ap.add_argument("--dit-lr", type=float, default=4e-4)
     args = ap.parse_args(argv)
+    if args.init_from is not None:
+        return continue_training(args)
 
     torch.set_num_threads(args.threads)
     out: Path = args.out
@@ -614,36 +685,17 @@ def main(argv: list[str] | None = None) -> int:
     log(f"vae done: {vae_res}")
 
     # (b) latents: measure throughput, then fill the data budget
-    t0 = time.time()
-    probe = encode_clips(stack, [dit_seed(args.seed, i) for i in range(8)], 17)
-    per17 = (time.time() - t0) / 8
-    data_s = budget * args.data_share
-    n_total = max(64, int(data_s / (per17 * (1 + args.frac33))))  # a 33-frame clip costs ~2x
-    n33 = int(n_total * args.frac33)
-    n17 = n_total - n33
-    log(f"data: {per17:.3f} s/clip(17f) -> {n17} x 17-frame + {n33} x 33-frame clips")
-    rest17 = encode_clips(stack, [dit_seed(args.seed, i) for i in range(8, n17)], 17)
-    set17 = LatentSet(17, torch.cat([probe.x0, rest17.x0]), torch.cat([probe.cond, rest17.cond]),
-                      _cat_text(probe.text, rest17.text), torch.cat([probe.text_len, rest17.text_len]),
-                      torch.cat([probe.image, rest17.image]), probe.seeds + rest17.seeds)
-    sets = [set17]
-    if n33 >= 8:
-        sets.append(encode_clips(stack, [dit_seed(args.seed, n17 + i) for i in range(n33)], 33))
+    sets, vset, empty, n17, n33 = _encode_dit_data(stack, log, args, budget * args.data_share)
     mean, std = set_latent_stats(stack, sets)
     log(f"latent stats: mean {np.round(mean, 3).tolist()} std {np.round(std, 3).tolist()}")
     # validation set: held-out seeds (never trained on), fixed noise and t
-    vset = encode_clips(stack, [footage.HELDOUT_SEEDS[500 + i] for i in range(32)], 17)
     val_batches = make_val_batches(stack, vset)
-    from lorafx.server.method.encode import encode_prompt
-    et = encode_prompt(stack, [""])
-    empty = (et[:, :8], int((et.abs().amax(-1) > 0).sum()))
-    log(f"data done in {time.time() - t0:.0f}s")
 
     # (c) transformer
     remaining = budget - log.elapsed()
     eval_reserve = max(90.0, budget * 0.04)
     dit_res = train_transformer(stack, log, max(60.0, remaining - eval_reserve), sets, val_batches, empty,
-                                args.seed)
+                                args.seed, lr=args.dit_lr)
 
     # save first (so a late failure in evaluation loses nothing), then evaluate the saved weights
     settings = {
@@ -653,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         "shares": {"vae": args.vae_share, "data": args.data_share, "dit": "the rest"},
         "vae_train_seeds": "pretraining seeds [500000, 1000000), random draws from rng([seed, 1])",
         "dit_train_seeds": f"dit_seed(seed, i) = (seed*100003 + i) % 500000 for i < {n17 + n33}",
-        "dit_clips": {"17": n17, "33": n33 if n33 >= 8 else 0},
+        "dit_clips": {"17": n17, "33": n33},
         "validation_seeds": "HELDOUT_SEEDS[500:532]",
         "eval_seeds": heldout,
         "heldout_range": [footage.HELDOUT_SEEDS.start, footage.HELDOUT_SEEDS.stop],
@@ -672,6 +724,90 @@ def main(argv: list[str] | None = None) -> int:
             p.copy_(p.half().float())
     ev = evaluate(stack, log, random_tr, heldout, 17)
     settings["eval_17f"] = ev
+    settings["wall_minutes"] = round(log.elapsed() / 60, 2)
+    (out / "pretrain_settings.json").write_text(json.dumps(settings, indent=2))
+    log(f"saved to {out} ({dir_size(out) / 1e6:.2f} MB); total {log.elapsed() / 60:.1f} min")
+    return 0
+
+
+def _encode_dit_data(stack, log: Log, args, budget_s: float, first_clip: int = 0):
+    """Encode the transformer's pretraining clips within `budget_s` seconds (17-frame clips plus
+    a share of 33-frame ones), the validation set and the empty caption."""
+    t0 = time.time()
+    probe = encode_clips(stack, [dit_seed(args.seed, first_clip + i) for i in range(8)], 17)
+    per17 = (time.time() - t0) / 8
+    n_total = max(64, int(budget_s / (per17 * (1 + args.frac33))))  # a 33-frame clip costs ~2x
+    n33 = int(n_total * args.frac33)
+    n17 = n_total - n33
+    log(f"data: {per17:.3f} s/clip(17f) -> {n17} x 17-frame + {n33} x 33-frame clips")
+    rest17 = encode_clips(stack, [dit_seed(args.seed, first_clip + i) for i in range(8, n17)], 17)
+    set17 = LatentSet(17, torch.cat([probe.x0, rest17.x0]), torch.cat([probe.cond, rest17.cond]),
+                      _cat_text(probe.text, rest17.text), torch.cat([probe.text_len, rest17.text_len]),
+                      torch.cat([probe.image, rest17.image]), probe.seeds + rest17.seeds)
+    sets = [set17]
+    if n33 >= 8:
+        sets.append(encode_clips(stack, [dit_seed(args.seed, first_clip + n17 + i) for i in range(n33)], 33))
+    vset = encode_clips(stack, [footage.HELDOUT_SEEDS[500 + i] for i in range(32)], 17)
+    from lorafx.server.method.encode import encode_prompt
+    et = encode_prompt(stack, [""])
+    empty = (et[:, :8], int((et.abs().amax(-1) > 0).sum()))
+    log(f"data done in {time.time() - t0:.0f}s")
+    return sets, vset, empty, n17, n33 if n33 >= 8 else 0
+
+
+def continue_training(args) -> int:
+    """A later pretraining stage on top of a shipped miniworld stack: optionally sharpen the VAE
+    decoder (encoder frozen), then continue the transformer on freshly drawn clips with a new
+    warm-up + cosine schedule. The previous stage's log and settings are kept beside the new."""
+    from .model import load_miniworld
+
+    torch.set_num_threads(args.threads)
+    src: Path = args.init_from.resolve()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    prev_settings = json.loads((src / "pretrain_settings.json").read_text())
+    prev_logs = {p.name: p.read_text() for p in sorted(src.glob("train_log*.txt"))}
+    log = Log(out / "train_log.txt")
+    budget = args.minutes * 60.0
+    log(f"miniworld pretraining, continued from {src.name} (stage {len(prev_logs) + 1}): budget "
+        f"{args.minutes} min, seed {args.seed}, threads {args.threads}, torch {torch.__version__}")
+    stack = load_miniworld(path=src)
+    random_tr = build_miniworld_stack(args.seed).transformer
+    heldout = [footage.HELDOUT_SEEDS[i] for i in range(args.eval_seeds)]
+    settings = {"continued_from": prev_settings, "seed": args.seed, "minutes_budget": args.minutes,
+                "threads": args.threads, "storage_dtype": "float16",
+                "latents_mean": stack.vae.config.latents_mean, "latents_std": stack.vae.config.latents_std}
+
+    if args.decoder_minutes > 0:
+        before = eval_vae(stack, heldout)
+        keep = copy.deepcopy(stack.vae.state_dict())
+        res = finetune_decoder(stack, log, args.decoder_minutes * 60.0, args.seed)
+        after = eval_vae(stack, heldout)
+        res.update(heldout_recon_psnr_before=round(before, 3), heldout_recon_psnr_after=round(after, 3),
+                   kept=after > before)
+        if after <= before:
+            stack.vae.load_state_dict(keep)
+        log(f"decoder done: {res}")
+        settings["decoder_finetune"] = res
+
+    # fresh clips: continue the clip index past the previous stage's
+    used = sum(prev_settings.get("dit_clips", {}).values())
+    sets, vset, empty, n17, n33 = _encode_dit_data(stack, log, args, budget * args.data_share, first_clip=used)
+    val_batches = make_val_batches(stack, vset)
+    settings["dit_train_seeds"] = f"dit_seed(seed, i) for {used} <= i < {used + n17 + n33}"
+    settings["dit_clips"] = {"17": n17, "33": n33}
+    remaining = budget - log.elapsed()
+    eval_reserve = max(90.0, budget * 0.04)
+    settings["transformer"] = train_transformer(stack, log, max(min(60.0, budget / 3), remaining - eval_reserve), sets,
+                                                val_batches, empty, args.seed, lr=args.dit_lr)
+    save_fp16(stack, out)
+    for name, text in prev_logs.items():
+        stem = name[:-4] if name != "train_log.txt" else f"train_log_stage{len(prev_logs)}"
+        (out / f"{stem}.txt").write_text(text)
+    with torch.no_grad():
+        for p in stack.transformer.parameters():
+            p.copy_(p.half().float())
+    settings["eval_17f"] = evaluate(stack, log, random_tr, heldout, 17)
     settings["wall_minutes"] = round(log.elapsed() / 60, 2)
     (out / "pretrain_settings.json").write_text(json.dumps(settings, indent=2))
     log(f"saved to {out} ({dir_size(out) / 1e6:.2f} MB); total {log.elapsed() / 60:.1f} min")
