@@ -1,4 +1,4 @@
-"""The quality harness in reduced form: on a held-out miniworld shot with a fixed seed, the
+"""The quality harness in reduced form: on the first four held-out miniworld shots, fixed seed, the
 mask-aware LoRA must beat the stock model (no LoRA) on edit propagation by a clear margin, and keep
 the background far better. Needs the shipped miniworld weights (the full table is a benchmark:
 benchmarks/quality/harness.py, results in benchmarks/RESULTS.md)."""
@@ -16,12 +16,13 @@ needs_weights = pytest.mark.skipif(not mini.has_weights(), reason="the miniworld
 
 @pytest.fixture(scope="module")
 def stock_vs_method():
-    """One held-out shot, fixed seed: the stock model (no LoRA) against the mask-aware LoRA."""
+    """Four held-out shots (one shot decides little: per shot the gap swings by +-3 dB), fixed
+    seed: the stock model (no LoRA) against the mask-aware LoRA, means over the shots."""
     from lorafx.server.app.models import open_model
     from lorafx.server.miniworld.footage import heldout_shots
 
     stack, _ = open_model("mini")
-    shots = heldout_shots(1, frames=17, edit="recolour")
+    shots = heldout_shots(4, frames=17, edit="recolour")
     return {r["variant"]: r for r in harness.run(stack, shots, ["no_lora", "masked"], steps=60, render_steps=12,
                                                  lr=1e-3, log=lambda *_: None)}
 
@@ -30,14 +31,15 @@ def stock_vs_method():
 def test_mask_aware_lora_keeps_the_background_better_than_the_stock_model(stock_vs_method):
     rows = stock_vs_method
     assert all(math.isfinite(rows[v]["edit_psnr"]) for v in rows)
-    # measured 2026-11-23 with the shipped weights: 23.4 dB vs 19.7 dB
-    assert rows["masked"]["bg_psnr"] > rows["no_lora"]["bg_psnr"] + 2.0, rows
+    # measured 2026-11-23 with the shipped (stage 2) weights: 22.9 dB vs 20.7 dB
+    assert rows["masked"]["bg_psnr"] > rows["no_lora"]["bg_psnr"] + 1.5, rows
 
 
 @needs_weights
-@pytest.mark.xfail(strict=True, reason="issue #5 open: with the 54-min CPU-pretrained miniworld model the method "
-                                       "gains only +0.2 dB edit PSNR over the stock model at 60 steps (13.05 vs "
-                                       "12.86); strict, so this turns red the day the claim is reproduced")
+@pytest.mark.xfail(strict=True, reason="issue #5 open: with the shipped miniworld model the method gains only "
+                                       "+0.4 dB edit PSNR over the stock model on these shots (13.64 vs 13.21; "
+                                       "+0.06 dB over 8 shots in benchmarks/RESULTS.md); strict, so this turns "
+                                       "red the day the claim is reproduced")
 def test_mask_aware_lora_beats_stock_model_on_edit_propagation(stock_vs_method):
     rows = stock_vs_method
     assert rows["masked"]["edit_psnr"] > rows["no_lora"]["edit_psnr"] + 1.0, rows
@@ -59,8 +61,8 @@ def _row(name, bg, edit, late=None):
 
 
 def test_claims_are_judged_from_the_numbers():
-    rows = [_row("no_lora", 19.0, 12.0), _row("naive_lora", 20.0, 13.5), _row("feature_blend", 25.0, 12.5),
-            _row("masked", 23.0, 14.0, late=13.0), _row("masked+appearance", 23.0, 14.2, late=13.5),
+    rows = [_row("no_lora", 19.0, 12.0), _row("naive_lora", 20.0, 13.2), _row("feature_blend", 25.0, 12.5),
+            _row("masked", 23.0, 14.0, late=13.0), _row("masked+appearance", 23.0, 14.2, late=13.8),
             _row("masked_tight", 24.0, 14.9), _row("masked_win9", 22.5, 13.8)]
     verdicts = {claim.split(" (")[0]: ok for claim, ok, _ in harness.claims(rows)}
     assert verdicts == {
@@ -72,9 +74,9 @@ def test_claims_are_judged_from_the_numbers():
         "9-frame windows stay close to whole-clip training": True,
     }
     assert harness.claims(rows[:2]) == [], "claims whose variants did not run are left out"
-    text = harness.format_claims(harness.claims([_row("no_lora", 19.0, 13.1), _row("masked", 23.0, 13.0)]))
-    assert text == ("- the method beats the stock model on edit propagation (issue #5): **not reproduced** "
-                    "(13.00 vs 13.10 dB)")
+    text = harness.format_claims(harness.claims([_row("no_lora", 19.0, 12.7), _row("masked", 23.0, 13.1)]))
+    assert text == ("- the method beats the stock model on edit propagation (issue #5; by > 0.5 dB): "
+                    "**not reproduced** (13.10 vs 12.70 dB)"), "a gain inside the spread is not a win"
 
 
 def test_results_section_is_replaced_in_place_and_the_rest_kept(tmp_path):

@@ -501,7 +501,7 @@ def train_transformer(stack, log: Log, seconds: float, sets, val_batches, empty,
             for pe, p in zip(ema.parameters(), tr.parameters()):
                 pe.lerp_(p, 1 - d)
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step == 30:
             est_total = max(300, int(seconds / ((time.time() - t_start) / step)))
             log(f"dit: {((time.time() - t_start) / step):.3f} s/step -> ~{est_total} steps")
@@ -776,7 +776,11 @@ def continue_training(args) -> int:
     heldout = [footage.HELDOUT_SEEDS[i] for i in range(args.eval_seeds)]
     settings = {"continued_from": prev_settings, "seed": args.seed, "minutes_budget": args.minutes,
                 "threads": args.threads, "storage_dtype": "float16",
-                "latents_mean": stack.vae.config.latents_mean, "latents_std": stack.vae.config.latents_std}
+                "latents_mean": stack.vae.config.latents_mean, "latents_std": stack.vae.config.latents_std,
+                "validation_seeds": "HELDOUT_SEEDS[500:532]", "eval_seeds": heldout,
+                "heldout_range": [footage.HELDOUT_SEEDS.start, footage.HELDOUT_SEEDS.stop],
+                "pretrain_range": [footage.PRETRAIN_SEEDS.start, footage.PRETRAIN_SEEDS.stop],
+                "params": prev_settings.get("params")}
 
     if args.decoder_minutes > 0:
         before = eval_vae(stack, heldout)
