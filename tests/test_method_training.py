@@ -118,6 +118,26 @@ def test_temporal_windows():
         TrainSettings(window=10)
 
 
+def test_colour_augment_adds_recoloured_copies_of_the_plate_with_the_same_structure():
+    from lorafx.server.method.trainer import COLOUR_VARIANTS, recolour
+
+    source, keep = _shot()
+    copies = [recolour(source, v) for v in range(len(COLOUR_VARIANTS))]
+    assert len({tuple(c[0, :, 0, 0].tolist()) for c in [source, *copies]}) == len(COLOUR_VARIANTS) + 1
+    for c in copies:  # colours change, structure does not: the sorted per-pixel |values| are the plate's
+        assert not torch.equal(c, source)
+        assert torch.equal(c.abs().sort(dim=1).values, source.abs().sort(dim=1).values)
+    stack = build_tiny_stack(seed=0)
+    plain, _ = prepare_samples(stack, source, keep, TrainSettings())
+    augmented, _ = prepare_samples(stack, source, keep, TrainSettings(colour_augment=3))
+    assert len(plain) == 1 and len(augmented) == 4
+    assert torch.equal(augmented[0].x0, plain[0].x0), "the plate itself comes first, unchanged"
+    assert not torch.equal(augmented[1].x0, plain[0].x0)
+    assert all(torch.equal(a.condition[:, :4], plain[0].condition[:, :4]) for a in augmented), "same mask"
+    with pytest.raises(InvalidInput, match="colour_augment"):
+        TrainSettings(colour_augment=len(COLOUR_VARIANTS) + 1)
+
+
 @pytest.mark.parametrize("switches", [dict(group_offload=True), dict(fp8_storage=True),
                                       dict(group_offload=True, fp8_storage=True)])
 def test_low_memory_switches_train_and_render(switches):

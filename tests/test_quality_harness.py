@@ -23,7 +23,8 @@ def stock_vs_method():
 
     stack, _ = open_model("mini")
     shots = heldout_shots(4, frames=17, edit="recolour")
-    return {r["variant"]: r for r in harness.run(stack, shots, ["no_lora", "masked"], steps=60, render_steps=12,
+    return {r["variant"]: r for r in harness.run(stack, shots, ["no_lora", "masked", "masked+colour_aug"],
+                                                 steps=60, render_steps=12,
                                                  lr=1e-3, log=lambda *_: None)}
 
 
@@ -43,6 +44,16 @@ def test_mask_aware_lora_keeps_the_background_better_than_the_stock_model(stock_
 def test_mask_aware_lora_beats_stock_model_on_edit_propagation(stock_vs_method):
     rows = stock_vs_method
     assert rows["masked"]["edit_psnr"] > rows["no_lora"]["edit_psnr"] + 1.0, rows
+
+
+@needs_weights
+def test_mask_aware_lora_with_colour_augmentation_beats_the_stock_model_on_edit_propagation(stock_vs_method):
+    """Issue #5's criterion, met with lorafx's colour augmentation (the paper's method alone is the
+    strict xfail above): recoloured plate copies stop the LoRA memorising the plate's colours."""
+    rows = stock_vs_method
+    # measured 2026-11-23 on these four shots: 15.1 dB vs 13.2 dB, background 21.7 vs 20.7 dB
+    assert rows["masked+colour_aug"]["edit_psnr"] > rows["no_lora"]["edit_psnr"] + 1.0, rows
+    assert rows["masked+colour_aug"]["bg_psnr"] > rows["no_lora"]["bg_psnr"], rows
 
 
 def test_scores_are_exact_on_known_outputs():

@@ -48,6 +48,11 @@ class TrainSettings:
     window: int | None = None  # temporal windows (App. C): e.g. 9 or 13 frames; None = whole clip
     window_stride: int | None = None  # default: window - 1 (consecutive clips share one frame)
     mask_downsample: str = "nearest"
+    # lorafx extension (not in the paper): also train the motion stage on this many recoloured
+    # copies of the plate (RGB channel permutations, then inverted ones). The plate's colours stop
+    # being a constant the LoRA can memorise, so an edit's colours come from frame 1 instead of
+    # leaking back from the plate. 0 = the paper's method.
+    colour_augment: int = 0
     gradient_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 25
@@ -62,6 +67,8 @@ class TrainSettings:
                                f"{', '.join(c for c in CONFIGS if c != 'appearance')}")
         if self.mask_downsample not in MASK_DOWNSAMPLE_MODES:
             raise InvalidInput(f"unknown mask_downsample {self.mask_downsample!r}")
+        if not 0 <= self.colour_augment <= len(COLOUR_VARIANTS):
+            raise InvalidInput(f"colour_augment must be in 0..{len(COLOUR_VARIANTS)}, got {self.colour_augment}")
         if self.steps < 0 or self.appearance_epochs < 0 or self.appearance_repeats < 0:
             raise InvalidInput("step, epoch and repeat counts must be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -133,6 +140,19 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+# The recoloured copies behind `colour_augment`: (channel order, inverted). Every copy keeps the
+# plate's structure and motion exactly and changes only its colours.
+COLOUR_VARIANTS = (((1, 2, 0), False), ((2, 0, 1), False), ((0, 2, 1), False), ((2, 1, 0), False),
+                   ((1, 0, 2), False), ((0, 1, 2), True), ((1, 2, 0), True), ((2, 0, 1), True))
+
+
+def recolour(video: torch.Tensor, variant: int) -> torch.Tensor:
+    """Copy `variant` of COLOUR_VARIANTS of a [F, 3, H, W] video in [-1, 1]."""
+    order, inverted = COLOUR_VARIANTS[variant]
+    out = video[:, list(order)]
+    return -out if inverted else out
+
+
 @torch.no_grad()
 def prepare_samples(stack: WanStack, source: torch.Tensor, keep: torch.Tensor | None,
                     settings: TrainSettings, painted: dict[int, torch.Tensor] | None = None,
@@ -150,16 +170,18 @@ def prepare_samples(stack: WanStack, source: torch.Tensor, keep: torch.Tensor | 
         spans = [(s, s + settings.window) for s in window_starts(num_frames, settings.window, stride)]
 
     motion = []
-    total = len(spans) + len(painted or {})
-    for i, (a, b) in enumerate(spans):
+    clips = [source] + [recolour(source, v) for v in range(settings.colour_augment)]
+    jobs = [(clip, a, b) for a, b in spans for clip in clips]  # recoloured copies interleaved
+    total = len(jobs) + len(painted or {})
+    for i, (clip, a, b) in enumerate(jobs):
         win_keep = keep[a:b] if keep is not None else None
-        cond = build_condition(settings.config, source[a:b], win_keep)
+        cond = build_condition(settings.config, clip[a:b], win_keep)
         motion.append(TrainingSample(
             kind="motion",
             condition=encode_condition(stack, cond, settings.mask_downsample),
             x0=encode_video(stack, cond.v_target),
             text=text,
-            image=encode_image(stack, source[a]),  # CLIP of the window's first (source) frame
+            image=encode_image(stack, clip[a]),  # CLIP of the window's first (source) frame
             frames=(a, b - 1)))
         if on_progress:
             on_progress("encode", i + 1, total, None)
@@ -179,7 +201,7 @@ def prepare_samples(stack: WanStack, source: torch.Tensor, keep: torch.Tensor | 
                 image=encode_image(stack, source[k]),
                 frames=(k, k)))
             if on_progress:
-                on_progress("encode", len(spans) + j + 1, total, None)
+                on_progress("encode", len(jobs) + j + 1, total, None)
     return motion, appearance
 
 
