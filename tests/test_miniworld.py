@@ -205,3 +205,26 @@ def test_a_later_pretraining_stage_continues_the_shipped_stack_and_keeps_its_lat
     assert all(torch.equal(p, enc[n]) for n, p in later.vae.encoder.named_parameters())
     assert any(not torch.equal(p, q) for p, q in zip(later.transformer.parameters(),
                                                       shipped.transformer.parameters()))
+
+
+def test_model_directory_train_defaults_are_read_and_checked(tmp_path):
+    from lorafx.errors import InvalidInput
+    from lorafx.server.app.models import TINY, _info_for
+
+    (tmp_path / "lorafx_model.json").write_text(json.dumps(
+        {"name": "m", "resolution": [64, 64], "window_frames": 17, "train_defaults": {"lr": 0.002, "steps": 7}}))
+    assert _info_for(tmp_path, TINY).train_defaults == {"lr": 0.002, "steps": 7}
+    (tmp_path / "lorafx_model.json").write_text(json.dumps({"train_defaults": {"learning_rate": 1}}))
+    with pytest.raises(InvalidInput, match="unknown train_defaults learning_rate"):
+        _info_for(tmp_path, TINY)
+    (tmp_path / "lorafx_model.json").write_text(json.dumps({"train_defaults": {"colour_augment": 99}}))
+    with pytest.raises(InvalidInput, match="colour_augment"):
+        _info_for(tmp_path, TINY)
+    assert _info_for(tmp_path / "nothing", TINY).train_defaults == {}
+
+
+@needs_weights
+def test_the_shipped_model_recommends_the_settings_the_harness_measured():
+    from lorafx.server.app.models import TINY, _info_for
+
+    assert _info_for(WEIGHTS_DIR, TINY).train_defaults == {"steps": 60, "lr": 0.001, "colour_augment": 5}

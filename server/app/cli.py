@@ -255,7 +255,8 @@ def demo(
     first: int = typer.Option(1001), last: Optional[int] = typer.Option(None),
     frames: int = typer.Option(17, help="frames of the generated / image-folder shot (4k+1)"),
     model: str = typer.Option("auto", help="auto | mini | tiny | Wan directory"),
-    steps: int = typer.Option(100), render_steps: int = typer.Option(20), cfg: float = typer.Option(1.0),
+    steps: Optional[int] = typer.Option(None, help="training steps (default: the model's, else 100)"),
+    render_steps: int = typer.Option(20), cfg: float = typer.Option(1.0),
     seed: int = typer.Option(0),
 ):
     """The whole path on loopback: make (or take) a plate + matte + edited frame, start a server,
@@ -285,7 +286,8 @@ def demo(
                           settings=settings)
             c.put_frames(shot.name, "reference", {shot.first: shot.edited_first})
             t0 = time.monotonic()
-            wait_with_progress(c, c.train(shot.name, {"steps": steps, "seed": seed}), "train")
+            train = {"seed": seed} if steps is None else {"steps": steps, "seed": seed}
+            wait_with_progress(c, c.train(shot.name, train), "train")
             rec = wait_with_progress(c, c.render(shot.name, seed=seed, steps=render_steps, cfg=cfg), "render")
             pattern = rec["result"]["pattern"]
             sheet = out / "contact_sheet.png"

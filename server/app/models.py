@@ -4,16 +4,20 @@ miniature-world model, or a tiny random stack (tests)."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from lorafx.errors import InvalidInput
 from lorafx.server.method.stack import WanStack, apply_low_memory, build_tiny_stack, load_stack
+from lorafx.server.method.trainer import TrainSettings
 
 from .service import ModelInfo
 
-MODEL_INFO_FILE = "lorafx_model.json"  # optional beside model_index.json: resolution, window_frames
+# optional beside model_index.json: resolution, window_frames, train_defaults (the model's
+# recommended training settings, under the shot's and the job's own)
+MODEL_INFO_FILE = "lorafx_model.json"
 WAN_480P = ModelInfo(name="Wan2.1-I2V-14B-480P", resolution=(832, 480), window_frames=49)
 TINY = ModelInfo(name="tiny-random", resolution=(112, 64), window_frames=17)
 
@@ -25,8 +29,14 @@ def _info_for(path: Path, default: ModelInfo) -> ModelInfo:
                          window_frames=default.window_frames)
     d = json.loads(f.read_text())
     w, h = d.get("resolution", default.resolution)
+    train_defaults = dict(d.get("train_defaults") or {})
+    unknown = sorted(set(train_defaults) - {fl.name for fl in fields(TrainSettings)})
+    if unknown:
+        raise InvalidInput(f"{f}: unknown train_defaults {', '.join(unknown)}", path=str(f))
+    TrainSettings.from_dict(train_defaults)  # a bad value fails at start-up, not in the first job
     return ModelInfo(name=d.get("name", path.name), resolution=(int(w), int(h)),
-                     window_frames=int(d.get("window_frames", default.window_frames)))
+                     window_frames=int(d.get("window_frames", default.window_frames)),
+                     train_defaults=train_defaults)
 
 
 def open_model(model: str = "auto", *, device: str | None = None, fp8: bool = False,

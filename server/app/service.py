@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,8 @@ class ModelInfo:
     name: str
     resolution: tuple[int, int]  # (W, H) landscape
     window_frames: int
+    # training settings the model recommends (lorafx_model.json), beneath the shot's and the job's
+    train_defaults: dict = field(default_factory=dict)
 
 
 def split_settings(settings: dict) -> tuple[dict, dict, dict]:
@@ -210,7 +212,7 @@ class LorafxService:
         w, h = self.model.resolution
         return {**self.server.capabilities(), "server_version": lorafx.__version__, "model": self.model.name,
                 "model_resolution": [[w, h], [h, w]], "device": self._device_name(),
-                "window_frames": self.model.window_frames,
+                "window_frames": self.model.window_frames, "train_defaults": dict(self.model.train_defaults),
                 "configs": ["masked", "i2v", "none", "all"]}
 
     def _device_name(self) -> str:
@@ -350,7 +352,7 @@ class LorafxService:
         shot = self._shot(b["shot"])
         overrides = dict(b.get("settings") or {})
         self._check_server_switches(overrides)
-        train, _, _ = split_settings({**(shot.settings or {}), **overrides})
+        train, _, _ = split_settings({**self.model.train_defaults, **(shot.settings or {}), **overrides})
         TrainSettings.from_dict(train)  # validate now: a bad setting fails the request, not the job
         if not self._stored_frames(shot.name, "plate") and not (shot.paths or {}).get("plate"):
             raise InvalidInput(f"shot {shot.name} has no plate frames yet (shot.put_frames role plate)")
@@ -531,7 +533,8 @@ class LorafxService:
         params = job.params
         spec = self.shot_spec(job.shot, params.get("settings"))
         shot = self._shot(job.shot)
-        train, _, _ = split_settings({**(shot.settings or {}), **(params.get("settings") or {})})
+        train, _, _ = split_settings({**self.model.train_defaults, **(shot.settings or {}),
+                                      **(params.get("settings") or {})})
         settings = TrainSettings.from_dict(train)
         # the key covers settings, model, patterns and the shot's inputs revision (bumped by every
         # upload), so re-uploaded pixels under the same patterns never reuse a stale adapter
