@@ -53,3 +53,20 @@ def tiny_stack():
     from lorafx.server.method.stack import build_tiny_stack
 
     return build_tiny_stack(seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_server_process(tmp_path_factory):
+    """A real `lorafx serve` subprocess on the tiny model, one per test module: (process, endpoint)."""
+    import signal
+
+    from lorafx.server.app.cli import start_server_process
+
+    proc, endpoint = start_server_process(tmp_path_factory.mktemp("state"), model="tiny")
+    yield proc, endpoint
+    proc.send_signal(signal.SIGCONT)  # in case a test left it frozen
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except Exception:
+        proc.kill()

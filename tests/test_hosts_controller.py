@@ -20,7 +20,6 @@ import zmq
 from lorafx.errors import Cancelled, InvalidInput, VersionMismatch
 from lorafx.host_plugins.common import controller as ctl
 from lorafx.host_plugins.common.controller import PathMap, ServerUnavailable, ShotController, ShotSettings
-from lorafx.server.app.cli import start_server_process
 from lorafx.server.media.io import read_frame, sequence_path, write_exr_atomic
 
 FIRST, N, H, W = 1001, 9, 64, 96
@@ -69,21 +68,9 @@ def scene(tmp_path_factory):
     return make_scene(tmp_path_factory.mktemp("scene"))
 
 
-@pytest.fixture(scope="module")
-def server_process(tmp_path_factory):
-    proc, endpoint = start_server_process(tmp_path_factory.mktemp("state"), model="tiny")
-    yield proc, endpoint
-    proc.send_signal(signal.SIGCONT)  # in case a test left it frozen
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except Exception:
-        proc.kill()
-
-
 @pytest.fixture
-def server(server_process):
-    return server_process[1]
+def server(tiny_server_process):
+    return tiny_server_process[1]
 
 
 class UiThread:
@@ -270,11 +257,11 @@ def test_controller_cancel_stops_a_running_training(server, scene):
     assert {t for _, _, t in ui.calls} == {ui.ident}
 
 
-def test_controller_follower_rides_out_an_unresponsive_server(server_process, scene):
+def test_controller_follower_rides_out_an_unresponsive_server(tiny_server_process, scene):
     # The server stops answering mid-job (frozen here; to a client the same as a restart or a
     # network outage: requests time out). The follower says so, keeps the job id, and reports
     # the job's end normally once the server answers again.
-    proc, endpoint = server_process
+    proc, endpoint = tiny_server_process
     ui = UiThread()
     c = ShotController(endpoint, "outage010", FIRST, LAST, ShotSettings(**{**FAST, "train_steps": 20}),
                        dispatch=ui.dispatch, poll_s=0.3, timeout_s=2.0, **ui.callbacks())

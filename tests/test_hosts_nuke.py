@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorafx.server.app.cli import start_server_process
 from lorafx.server.media.io import read_frame, sequence_path, write_exr_atomic
 from test_hosts_controller import BOX, FIRST, LAST, N, _free_port, make_scene
 
@@ -298,15 +296,9 @@ def scene(tmp_path_factory):
     return sc
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, endpoint = start_server_process(tmp_path_factory.mktemp("state"), model="tiny")
-    yield endpoint
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except Exception:
-        proc.kill()
+@pytest.fixture
+def server(tiny_server_process):
+    return tiny_server_process[1]
 
 
 def _wired_node(fake, lorafx_nuke, scene, server, cache, shot):

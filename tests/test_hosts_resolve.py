@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import sys
 import types
 from pathlib import Path
@@ -20,7 +19,6 @@ import pytest
 
 from lorafx.errors import InvalidInput, LorafxError
 from lorafx.host_plugins.common.controller import ServerUnavailable
-from lorafx.server.app.cli import start_server_process
 from lorafx.server.media.io import read_frame, sequence_path, write_exr_atomic
 from test_hosts_controller import BOX, FIRST, H, LAST, N, W, _free_port, make_scene
 
@@ -331,15 +329,9 @@ def resolve_script(monkeypatch, tmp_path):
     return lorafx_resolve, install
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, endpoint = start_server_process(tmp_path_factory.mktemp("state"), model="tiny")
-    yield endpoint
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except Exception:
-        proc.kill()
+@pytest.fixture
+def server(tiny_server_process):
+    return tiny_server_process[1]
 
 
 def _fast(lorafx_resolve, server, cache, **kw):

@@ -79,6 +79,16 @@ def _frames(root):
     return plate, matte, edited
 
 
+def _create_instance(host, ofx, root) -> None:
+    """The plug-in in a General context over the plate / matte / edited-frame files under root."""
+    host.ok(f"project {W} {H}")
+    host.ok(f"clip Source files {root}/plate.%d.raw {W} {H} 4 {FIRST} {LAST}")
+    host.ok(f"clip Matte files {root}/matte.%d.raw {W} {H} 1 {FIRST} {LAST}")
+    host.ok(f"clip Reference files {root}/edited.%d.raw {W} {H} 4 {FIRST} {FIRST}")
+    host.ok(f"load {ofx.plugin}")
+    host.ok(f"create {GENERAL}")
+
+
 @pytest.mark.slow
 def test_serve_train_render_through_the_host(lorafx_server, ofx_host, ofx, tmp_path):  # noqa: F811
     from lorafx.protocol.client import Client
@@ -87,12 +97,7 @@ def test_serve_train_render_through_the_host(lorafx_server, ofx_host, ofx, tmp_p
     root.mkdir()
     plate, matte, edited = _frames(root)
     host = ofx_host()
-    host.ok(f"project {W} {H}")
-    host.ok(f"clip Source files {root}/plate.%d.raw {W} {H} 4 {FIRST} {LAST}")
-    host.ok(f"clip Matte files {root}/matte.%d.raw {W} {H} 1 {FIRST} {LAST}")
-    host.ok(f"clip Reference files {root}/edited.%d.raw {W} {H} 4 {FIRST} {FIRST}")
-    host.ok(f"load {ofx.plugin}")
-    host.ok(f"create {GENERAL}")
+    _create_instance(host, ofx, root)
     for line in (f"serverAddress {lorafx_server}", "shotName ofx010", f"firstFrame {FIRST}",
                  f"lastFrame {LAST}", f"referenceFrames {FIRST}", "trainingSteps 2", "renderSteps 2",
                  "seed 3", "prompt a red box in a gradient"):
@@ -142,12 +147,7 @@ def test_serve_killed_mid_training_plugin_recovers(served, ofx_host, ofx, tmp_pa
     root.mkdir()
     plate, _, _ = _frames(root)
     host = ofx_host()
-    host.ok(f"project {W} {H}")
-    host.ok(f"clip Source files {root}/plate.%d.raw {W} {H} 4 {FIRST} {LAST}")
-    host.ok(f"clip Matte files {root}/matte.%d.raw {W} {H} 1 {FIRST} {LAST}")
-    host.ok(f"clip Reference files {root}/edited.%d.raw {W} {H} 4 {FIRST} {FIRST}")
-    host.ok(f"load {ofx.plugin}")
-    host.ok(f"create {GENERAL}")
+    _create_instance(host, ofx, root)
     for line in (f"serverAddress {served.endpoint}", "shotName ofx020", f"firstFrame {FIRST}",
                  f"lastFrame {LAST}", "trainingSteps 100000"):
         host.ok("set " + line)
