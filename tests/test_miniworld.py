@@ -215,10 +215,11 @@ def test_model_directory_train_defaults_are_read_and_checked(tmp_path):
         {"name": "m", "resolution": [64, 64], "window_frames": 17, "train_defaults": {"lr": 0.002, "steps": 7}}))
     assert _info_for(tmp_path, TINY).train_defaults == {"lr": 0.002, "steps": 7}
     (tmp_path / "lorafx_model.json").write_text(json.dumps({"train_defaults": {"learning_rate": 1}}))
-    with pytest.raises(InvalidInput, match="unknown train_defaults learning_rate"):
+    with pytest.raises(InvalidInput, match="lorafx_model.json: train_defaults: unknown training settings: learning_rate"):
         _info_for(tmp_path, TINY)
     (tmp_path / "lorafx_model.json").write_text(json.dumps({"train_defaults": {"colour_augment": 99}}))
-    with pytest.raises(InvalidInput, match="colour_augment"):
+    with pytest.raises(InvalidInput,
+                       match="lorafx_model.json: train_defaults: colour_augment must be in 0..8, got 99"):
         _info_for(tmp_path, TINY)
     assert _info_for(tmp_path / "nothing", TINY).train_defaults == {}
 

@@ -4,7 +4,6 @@ miniature-world model, or a tiny random stack (tests)."""
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -30,10 +29,10 @@ def _info_for(path: Path, default: ModelInfo) -> ModelInfo:
     d = json.loads(f.read_text())
     w, h = d.get("resolution", default.resolution)
     train_defaults = dict(d.get("train_defaults") or {})
-    unknown = sorted(set(train_defaults) - {fl.name for fl in fields(TrainSettings)})
-    if unknown:
-        raise InvalidInput(f"{f}: unknown train_defaults {', '.join(unknown)}", path=str(f))
-    TrainSettings.from_dict(train_defaults)  # a bad value fails at start-up, not in the first job
+    try:
+        TrainSettings.from_dict(train_defaults)  # a bad one fails at start-up, not in the first job
+    except InvalidInput as e:
+        raise InvalidInput(f"{f}: train_defaults: {e.message}", path=str(f), **e.details) from e
     return ModelInfo(name=d.get("name", path.name), resolution=(int(w), int(h)),
                      window_frames=int(d.get("window_frames", default.window_frames)),
                      train_defaults=train_defaults)

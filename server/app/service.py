@@ -70,10 +70,15 @@ def split_settings(settings: dict) -> tuple[dict, dict, dict]:
     return train, render, shot
 
 
+def _result_pattern(out_dir: Path) -> str:
+    """A render job's result EXR sequence."""
+    return str(out_dir / "result.####.exr")
+
 
 def _result_path(out_dir: Path, frame: int) -> str:
     """A render job's result EXR for `frame` (negative frames as result.-0005.exr)."""
-    return sequence_path(str(out_dir / "result.####.exr"), frame)
+    return sequence_path(_result_pattern(out_dir), frame)
+
 
 class LorafxService:
     def __init__(self, stack: WanStack, model: ModelInfo, state_dir: str | Path, *,
@@ -347,13 +352,17 @@ class LorafxService:
         pending = [j.id for j in self.queue.pending()]
         return {"job": job_id, "state": "queued", "position": pending.index(job_id) if job_id in pending else 0}
 
+    def _train_settings(self, shot, overrides: dict | None) -> TrainSettings:
+        """The model's recommended settings, under the shot's, under the job's."""
+        train, _, _ = split_settings({**self.model.train_defaults, **(shot.settings or {}), **(overrides or {})})
+        return TrainSettings.from_dict(train)
+
     def h_job_train(self, req: Request) -> dict:
         b = req.body
         shot = self._shot(b["shot"])
         overrides = dict(b.get("settings") or {})
         self._check_server_switches(overrides)
-        train, _, _ = split_settings({**self.model.train_defaults, **(shot.settings or {}), **overrides})
-        TrainSettings.from_dict(train)  # validate now: a bad setting fails the request, not the job
+        self._train_settings(shot, overrides)  # validate now: a bad setting fails the request, not the job
         if not self._stored_frames(shot.name, "plate") and not (shot.paths or {}).get("plate"):
             raise InvalidInput(f"shot {shot.name} has no plate frames yet (shot.put_frames role plate)")
         if not self._stored_frames(shot.name, "matte") and not (shot.paths or {}).get("matte"):
@@ -533,9 +542,7 @@ class LorafxService:
         params = job.params
         spec = self.shot_spec(job.shot, params.get("settings"))
         shot = self._shot(job.shot)
-        train, _, _ = split_settings({**self.model.train_defaults, **(shot.settings or {}),
-                                      **(params.get("settings") or {})})
-        settings = TrainSettings.from_dict(train)
+        settings = self._train_settings(shot, params.get("settings"))
         # the key covers settings, model, patterns and the shot's inputs revision (bumped by every
         # upload), so re-uploaded pixels under the same patterns never reuse a stale adapter
         key = lora_key(spec, settings, f"{self.model.name}#rev{(shot.paths or {}).get('inputs_rev', 0)}")
@@ -623,12 +630,12 @@ class LorafxService:
         meta = {"lora": params.get("lora") or "", "lora_hash": key or "", "seed": int(render_settings.seed),
                 "model": self.model.name, "steps": int(render_settings.steps), "cfg": float(render_settings.cfg),
                 "job": job.id}
-        paths = write_results(inputs, video, str(out_dir / "result.####.exr"), meta, on_progress=progress)
+        paths = write_results(inputs, video, _result_pattern(out_dir), meta, on_progress=progress)
         with self._shot_lock(job.shot):
             shot = self._shot(job.shot)
             self.store.put_shot(job.shot, paths={**(shot.paths or {}), "latest_render": job.id})
         return {"first": spec.first, "last": spec.last, "frames": len(paths), "dir": str(out_dir),
-                "pattern": str(out_dir / "result.####.exr")}
+                "pattern": _result_pattern(out_dir)}
 
     def _run_mask(self, job, ctx) -> dict:
         """SAM2 video propagation from clicks -> the shot's matte frames (then derived per
