@@ -278,6 +278,11 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--render-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=1.0)
+    # the knobs swept in RESULTS.md
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--shift", type=float, default=5.0)
+    p.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt")
+    p.add_argument("--mask-downsample", default="nearest", choices=["nearest", "minpool"])
     p.add_argument("--variants", default=",".join([*REFERENCES, *VARIANTS]))
     p.add_argument("--json")
     p.add_argument("--write-results", nargs="?", const="benchmarks/RESULTS.md", default=None,
@@ -299,13 +304,16 @@ def main(argv=None) -> int:
                            text=True).stdout.strip()
     commit += "+local changes" if dirty else ""
     title = (f"model {info.name}, {len(shots)} held-out shots x {args.frames} frames, edit {args.edit}, "
-             f"{args.steps} LoRA steps at lr {args.lr:g}, {args.render_steps} render steps, cfg {args.cfg:g}, "
+             f"{args.steps} LoRA steps at lr {args.lr:g} rank {args.rank}, {args.render_steps} render steps, "
+             f"cfg {args.cfg:g} shift {args.shift:g}, {args.mask_downsample} latent mask, "
+             f"{'Wan' if args.negative_prompt is None else repr(args.negative_prompt)} negative prompt, "
              f"commit {commit}")
     print("quality harness: " + title)
     print(HEADER)
     t0 = time.perf_counter()
     rows = run(stack, shots, args.variants.split(","), steps=args.steps, render_steps=args.render_steps,
-               cfg=args.cfg, lr=args.lr)
+               cfg=args.cfg, lr=args.lr, rank=args.rank, shift=args.shift, negative_prompt=args.negative_prompt,
+               mask_downsample=args.mask_downsample)
     checked = claims(rows)
     print(format_claims(checked))
     header = (f"{title}; {torch.get_num_threads()} thread(s), {time.perf_counter() - t0:.0f} s, "

@@ -721,12 +721,16 @@ def main(argv: list[str] | None = None) -> int:
         "latents_std": std,
     }
     save_fp16(stack, out)
-    # evaluate the model exactly as shipped (float16-rounded weights)
+    return _evaluate_and_record(stack, out, log, random_tr, heldout, settings)
+
+
+def _evaluate_and_record(stack, out: Path, log: Log, random_tr, heldout: list[int], settings: dict) -> int:
+    """Evaluate the saved model exactly as shipped (float16-rounded weights), then write its
+    settings with the evaluation beside the weights."""
     with torch.no_grad():
         for p in stack.transformer.parameters():
             p.copy_(p.half().float())
-    ev = evaluate(stack, log, random_tr, heldout, 17)
-    settings["eval_17f"] = ev
+    settings["eval_17f"] = evaluate(stack, log, random_tr, heldout, 17)
     settings["wall_minutes"] = round(log.elapsed() / 60, 2)
     (out / "pretrain_settings.json").write_text(json.dumps(settings, indent=2))
     log(f"saved to {out} ({dir_size(out) / 1e6:.2f} MB); total {log.elapsed() / 60:.1f} min")
@@ -811,14 +815,7 @@ def continue_training(args) -> int:
     for name, text in prev_logs.items():
         stem = name[:-4] if name != "train_log.txt" else f"train_log_stage{len(prev_logs)}"
         (out / f"{stem}.txt").write_text(text)
-    with torch.no_grad():
-        for p in stack.transformer.parameters():
-            p.copy_(p.half().float())
-    settings["eval_17f"] = evaluate(stack, log, random_tr, heldout, 17)
-    settings["wall_minutes"] = round(log.elapsed() / 60, 2)
-    (out / "pretrain_settings.json").write_text(json.dumps(settings, indent=2))
-    log(f"saved to {out} ({dir_size(out) / 1e6:.2f} MB); total {log.elapsed() / 60:.1f} min")
-    return 0
+    return _evaluate_and_record(stack, out, log, random_tr, heldout, settings)
 
 
 def _cat_text(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
