@@ -280,6 +280,105 @@ def test_controller_follower_rides_out_an_unresponsive_server(tiny_server_proces
     assert states.index("reconnecting") < states.index("reconnected") < states.index("done")
 
 
+class TcpRelay:
+    """A TCP forwarder between the controller and the server that can be cut and restored: a
+    network outage while the server keeps working (SIGSTOP cannot show that: it freezes the job)."""
+
+    def __init__(self, upstream_port: int):
+        import socket
+
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.is_cut = False
+        self.conns: list = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.is_cut:
+                down.close()  # refused while cut: zmq keeps retrying
+                continue
+            up = socket.create_connection(self.upstream)
+            with self.lock:
+                self.conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self):
+        import socket
+
+        self.is_cut = True
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self):
+        self.is_cut = False
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+def test_controller_reports_back_before_done_when_the_job_ended_during_an_outage(tiny_server_process, scene):
+    # The network drops mid-job and the job finishes while the controller cannot see the server.
+    # When the link returns, the artist must read "back" and then "done", in that order, with the
+    # finished job's record (CI caught the follower reporting "done" first).
+    from lorafx.protocol.client import Client
+
+    _, endpoint = tiny_server_process
+    relay = TcpRelay(int(endpoint.rsplit(":", 1)[1]))
+    ui = UiThread()
+    c = ShotController(relay.endpoint, "outage020", FIRST, LAST, ShotSettings(**{**FAST, "train_steps": 12}),
+                       dispatch=ui.dispatch, poll_s=0.3, timeout_s=2.0, **ui.callbacks())
+    try:
+        with c, Client(endpoint, timeout_s=10) as direct:
+            c.submit_shot(scene["plate_pat"], scene["matte_pat"], scene["edited_path"])
+            job = c.train()
+            relay.cut()
+            ui.pump_until(lambda: any(a[0] == "reconnecting" for a in ui.named("on_state")), 30)
+            end = time.monotonic() + 180
+            while direct.status(job)["state"] not in ("done", "failed", "cancelled"):
+                assert time.monotonic() < end, "the job never finished on the server"
+                time.sleep(0.2)
+            assert not ui.named("on_done")  # the controller has not seen it yet: the link is down
+            relay.restore()
+            ui.pump_until(lambda: ui.named("on_done") or ui.named("on_error"), 60)
+            ui.drain()
+    finally:
+        relay.close()
+    assert not ui.named("on_error"), ui.named("on_error")
+    assert ui.named("on_done")[0][0].job == job and ui.named("on_done")[0][0].record["result"]["steps"] == 12
+    states = [a[0] for a in ui.named("on_state")]
+    assert states.index("reconnecting") < states.index("reconnected") < states.index("done"), states
+
+
 def _free_port() -> int:
     import socket
 

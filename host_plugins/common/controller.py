@@ -830,6 +830,11 @@ class ShotController:
                         client = self._new_client(min(self.timeout_s, max(2.0, self.poll_s * 5)))
                     for job in watched:
                         client.subscribe(job)  # idempotent; renews it after a server restart
+                    if outage_since is not None:
+                        # Said before anything the answers report (the job may have ended
+                        # during the outage), so the host never shows "done" then "back".
+                        outage_since = None
+                        self._state("reconnected", f"the server at {self.endpoint} is back")
                     deadline = time.monotonic() + self.poll_s
                     for ev in client.iter_events("*", timeout=self.poll_s):
                         w = watched.get(ev.get("job"))
@@ -851,9 +856,6 @@ class ShotController:
                                 client.unsubscribe(job)
                             except LorafxError:
                                 pass  # best effort: a stale subscription only costs events
-                    if outage_since is not None:
-                        outage_since = None
-                        self._state("reconnected", f"the server at {self.endpoint} is back")
                 except ClientTimeout:
                     now = time.monotonic()
                     if outage_since is None:
