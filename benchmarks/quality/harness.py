@@ -80,7 +80,9 @@ class Scores:
     edit_psnr: float
     edit_err: float
     temporal_err: float
-    edit_psnr_late: float  # second half of the shot (where a painted later frame should help)
+    # Second half of the shot, last frame left out: the appearance variant is trained on the
+    # painted last frame, so scoring it would reward recall, not propagation (Fig. 7's claim).
+    edit_psnr_late: float
     per_frame_edit_psnr: list[float] = field(default_factory=list)
 
 
@@ -104,7 +106,7 @@ def score(out: np.ndarray, shot) -> Scores:
         edit_psnr=psnr(out[1:][inside], shot.edited[1:][inside]),
         edit_err=float(np.abs(out[1:][inside] - shot.edited[1:][inside]).mean()),
         temporal_err=float(np.abs(d_out[both] - d_gt[both]).mean()),
-        edit_psnr_late=float(np.nanmean(per_frame[half:])), per_frame_edit_psnr=per_frame)
+        edit_psnr_late=float(np.nanmean(per_frame[half:-1])), per_frame_edit_psnr=per_frame)
 
 
 def _video(a: np.ndarray) -> torch.Tensor:
@@ -212,7 +214,7 @@ def claims(rows: list[dict], tolerance_db: float = 0.5) -> list[tuple[str, bool 
                         f"{b['edit_psnr']:.2f} dB"))
     if need("masked+appearance", "masked"):
         a, m = r["masked+appearance"], r["masked"]
-        out.append((f"a painted later frame improves the later frames (Fig. 7; by > {tolerance_db} dB)",
+        out.append((f"a painted last frame improves the later frames it was not trained on (Fig. 7; by > {tolerance_db} dB)",
                     a["edit_psnr_late"] > m["edit_psnr_late"] + tolerance_db,
                     f"late edit {a['edit_psnr_late']:.2f} vs {m['edit_psnr_late']:.2f} dB"))
     if need("masked", "masked_tight"):
@@ -258,7 +260,9 @@ def write_section(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-HEADER = ("| variant | paper | bg PSNR | bg max err | edit PSNR | edit err | temporal err | late edit PSNR "
+LATE_NOTE = ("\\* late edit PSNR: the second half of the shot without its last frame, which the appearance "
+             "variant is trained on (painted); scoring that frame would reward recall, not propagation.")
+HEADER = ("| variant | paper | bg PSNR | bg max err | edit PSNR | edit err | temporal err | late edit PSNR* "
           "| train s | render s |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -329,7 +333,7 @@ def main(argv=None) -> int:
 
 def results_markdown(header: str, rows: list[dict]) -> str:
     table = "\n".join([HEADER, *(format_row(r) for r in rows)])
-    return (f"## Quality harness (issue #5)\n\n{header}\n\n{table}\n\n"
+    return (f"## Quality harness (issue #5)\n\n{header}\n\n{table}\n\n{LATE_NOTE}\n\n"
             f"Claims, checked on these means:\n\n{format_claims(claims(rows))}\n")
 
 
