@@ -36,6 +36,17 @@ Progress = Callable[[str, int, int, float | None], None]
 ROI_MODES = ("matte", "full")  # crop around the matte with context, or the whole frame
 
 
+def check_windows(window_frames: int, window_overlap: int) -> None:
+    """Model windows are 4k+1 frames; a later window must add at least one latent frame."""
+    if window_frames < 5 or (window_frames - 1) % VAE_TEMPORAL:
+        raise InvalidInput(f"window_frames must be 4k+1 and at least 5 (5, 9, 13, ...), got {window_frames}",
+                           setting="window_frames")
+    if not 1 <= window_overlap <= window_frames - VAE_TEMPORAL:
+        raise InvalidInput(f"window_overlap must be 1..{window_frames - VAE_TEMPORAL} for {window_frames}-frame "
+                           f"windows (each later window must add at least {VAE_TEMPORAL} new frames), got "
+                           f"{window_overlap}", setting="window_overlap")
+
+
 @dataclass
 class ShotSpec:
     """Everything that defines a shot, as stored in the server's shot record."""
@@ -56,6 +67,12 @@ class ShotSpec:
     roi_mode: str = "matte"
     model_size: tuple[int, int] | None = None  # (W, H) override; default: the stack's
     window_frames: int = 49  # frames per model window (4k+1)
+    # frames a later window shares with the one before, pinned to what that one rendered (1 + 4j
+    # fills whole latent frames: 5 hands over the motion, not just a still)
+    window_overlap: int = 5
+
+    def __post_init__(self):
+        check_windows(self.window_frames, self.window_overlap)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShotSpec":
@@ -143,16 +160,18 @@ def padded_length(n: int) -> int:
     return (max(n, 1) - 1 + VAE_TEMPORAL - 1) // VAE_TEMPORAL * VAE_TEMPORAL + 1
 
 
-def plan_windows(n: int, window: int) -> list[tuple[int, int]]:
-    """[start, end) windows of `window` frames (4k+1) covering n (4k+1) frames; consecutive
-    windows share one frame, so a later window starts on the last frame of the previous one."""
+def plan_windows(n: int, window: int, overlap: int = 1) -> list[tuple[int, int]]:
+    """[start, end) windows of `window` frames (4k+1) covering n (4k+1) frames. A later window
+    starts `overlap` frames before the previous one ends (its first frames are pinned to what was
+    rendered there); the tail is a shorter 4k+1 window ending on the last frame, and may share
+    more frames with the window before it."""
     if n <= window:
         return [(0, n)]
+    check_windows(window, overlap)
     spans, start = [], 0
     while start + window < n:
         spans.append((start, start + window))
-        start += window - 1
-    # the tail: a shorter 4k+1 window ending on the last frame
+        start += window - overlap
     tail = padded_length(n - start)
     spans.append((n - tail, n))
     return spans
@@ -187,30 +206,41 @@ def train_shot(stack: WanStack, inputs: PreparedShot, settings: TrainSettings, a
                          checkpoint_fn=checkpoint_fn, resume=resume)
 
 
+def _handover(source: torch.Tensor, keep: torch.Tensor, rendered: torch.Tensor, i: int) -> torch.Tensor:
+    """Frame i as a later window's condition: the plate where kept, the render where generated."""
+    return torch.where(keep[i][None] > 0.5, source[i], rendered[i])
+
+
 def render_shot(stack: WanStack, inputs: PreparedShot, settings: RenderSettings, adapter: str | None, *,
                 on_progress: Progress | None = None, should_stop=None) -> torch.Tensor:
     """Render the whole shot window by window from the edited first frame; each later window is
-    pinned to the last rendered frame of the previous one. Returns (N, 3, h, w) in [-1, 1]."""
+    pinned to the frames it shares with the previous one (`window_overlap`), as rendered there.
+    Returns (N, 3, h, w) in [-1, 1]."""
     if 0 not in inputs.references:
         raise InvalidInput(f"shot {inputs.spec.name} has no edited first frame (a reference at frame "
                            f"{inputs.spec.first})")
     settings.caption = settings.caption or inputs.spec.caption
     n = padded_length(inputs.num_frames)
     source, keep = _pad(inputs.source, n), _pad(inputs.keep, n)
-    spans = plan_windows(n, inputs.spec.window_frames)
+    spans = plan_windows(n, inputs.spec.window_frames, inputs.spec.window_overlap)
     out = torch.empty_like(source)
-    first = inputs.references[0]
     steps_total = len(spans) * settings.steps
+    done = 0  # frames [0, done) are rendered and final
     for w, (a, b) in enumerate(spans):
         def window_progress(stage, step, total, loss, _w=w):
             if on_progress:
                 on_progress("render", _w * settings.steps + step, steps_total, loss)
 
-        if w > 0:
-            first = out[a]  # the previous window's last rendered frame
-        video = render(stack, source[a:b], keep[a:b], first, settings, adapter,
+        # A later window is pinned to every frame it shares with what is already rendered, and
+        # only its new frames are kept: shared frames are not re-rendered (nor VAE round-tripped).
+        # Pinned frames are the plate where the shot keeps it and the render only in the edit
+        # region: the render's own (lossy) background would displace the exact plate.
+        first = inputs.references[0] if w == 0 else _handover(source, keep, out, a)
+        pinned = {i - a: _handover(source, keep, out, i) for i in range(a + 1, done)} or None
+        video = render(stack, source[a:b], keep[a:b], first, settings, adapter, pinned=pinned,
                        on_progress=window_progress, should_stop=should_stop)
-        out[a:b] = video
+        out[max(a, done):b] = video[max(a, done) - a:]
+        done = b
     return out[: inputs.num_frames]
 
 

@@ -128,6 +128,12 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
             c.put_frames("bad", "plate", {FIRST + 100: plate[FIRST]})
         with pytest.raises(InvalidInput, match="unknown setting 'stepz'"):
             c.create_shot("bad2", FIRST, FIRST + 8, settings={"stepz": 3})
+        with pytest.raises(InvalidInput, match="window_frames must be 4k\\+1"):
+            c.create_shot("bad3", FIRST, FIRST + 8, settings={"window_frames": 20})
+        with pytest.raises(InvalidInput, match="window_overlap must be 1..13"):
+            c.train("bad", {"window_overlap": 16})  # a job's override is checked when submitted
+        with pytest.raises(InvalidInput, match="window_overlap must be a whole number"):
+            c.train("bad", {"window_overlap": "five"})
         # missing plate frames and an empty matte are found when the job reads the shot
         c.put_frames("bad", "matte", matte)
         with pytest.raises(InvalidInput, match="missing"):

@@ -30,14 +30,14 @@ from lorafx.server.method import lora as lora_ops
 from lorafx.server.method.sampler import RenderSettings
 from lorafx.server.method.stack import WanStack
 from lorafx.server.method.trainer import TrainSettings, TrainState
-from lorafx.server.pipeline import ShotSpec, load_inputs, lora_key, render_shot, train_shot, write_results
+from lorafx.server.pipeline import ShotSpec, check_windows, load_inputs, lora_key, render_shot, train_shot, write_results
 
 log = logging.getLogger("lorafx.server")
 
 TRAIN_KEYS = {f.name for f in fields(TrainSettings)}
 RENDER_KEYS = {f.name for f in fields(RenderSettings)}
 SHOT_KEYS = {"mask_mode", "dilate", "feather_px", "caption", "painted_caption", "context", "window_frames",
-             "highlight_mode", "colour_config", "model_space", "appearance_steps", "roi_mode"}
+             "window_overlap", "highlight_mode", "colour_config", "model_space", "appearance_steps", "roi_mode"}
 SERVER_KEYS = {"block_swap", "fp8"}  # switches of the resident model, fixed at `lorafx serve`
 
 
@@ -190,7 +190,18 @@ class LorafxService:
             painted_caption=str(shot_settings.get("painted_caption", "")),
             context=float(shot_settings.get("context", 0.25)),
             model_size=self.model.resolution,
-            window_frames=int(shot_settings.get("window_frames", self.model.window_frames)))
+            **self._window_settings(shot_settings))
+
+    def _window_settings(self, shot_settings: dict) -> dict:
+        """window_frames / window_overlap as checked ints (the model's window by default)."""
+        out = {}
+        for key, default in (("window_frames", self.model.window_frames), ("window_overlap", ShotSpec.window_overlap)):
+            value = shot_settings.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+                raise InvalidInput(f"{key} must be a whole number of frames, got {value!r}", setting=key)
+            out[key] = int(value)
+        check_windows(**out)
+        return out
 
     def shot_record(self, name: str) -> dict:
         shot = self._shot(name)
@@ -253,7 +264,7 @@ class LorafxService:
         if exists and not b.get("replace", False):
             raise InvalidInput(f"shot {name!r} exists (pass replace=true to replace it)", shot=name)
         settings = dict(b.get("settings") or {})
-        split_settings(settings)  # reject unknown keys now, not at train time
+        self._window_settings(split_settings(settings)[2])  # reject unknown keys and bad windows now
         self._check_server_switches(settings)
         paths = {"colorspace": b.get("colorspace"), "plate": b.get("plate"), "matte": b.get("matte"),
                  "matte_channel": b.get("matte_channel", "A"), "references": {}, "loras": {},
@@ -363,6 +374,7 @@ class LorafxService:
         overrides = dict(b.get("settings") or {})
         self._check_server_switches(overrides)
         self._train_settings(shot, overrides)  # validate now: a bad setting fails the request, not the job
+        self.shot_spec(shot.name, overrides)
         if not self._stored_frames(shot.name, "plate") and not (shot.paths or {}).get("plate"):
             raise InvalidInput(f"shot {shot.name} has no plate frames yet (shot.put_frames role plate)")
         if not self._stored_frames(shot.name, "matte") and not (shot.paths or {}).get("matte"):
@@ -394,7 +406,7 @@ class LorafxService:
             if b.get(key) is not None:
                 render[key] = b[key]
         RenderSettings.from_dict({k: v for k, v in render.items() if k in RENDER_KEYS})
-        spec = self.shot_spec(shot.name)
+        spec = self.shot_spec(shot.name, overrides)
         if shot.frame_first not in spec.references:
             raise InvalidInput(f"shot {shot.name} has no edited first frame: upload a reference frame "
                                f"{shot.frame_first} (shot.put_frames role reference, or frames in job.render)")
