@@ -67,9 +67,10 @@ class ShotSpec:
     roi_mode: str = "matte"
     model_size: tuple[int, int] | None = None  # (W, H) override; default: the stack's
     window_frames: int = 49  # frames per model window (4k+1)
-    # frames a later window shares with the one before, pinned to what that one rendered (1 + 4j
-    # fills whole latent frames: 5 hands over the motion, not just a still)
-    window_overlap: int = 5
+    # frames a later window shares with the one before, pinned to what that one rendered. 1 + 4j
+    # fills whole latent frames (5 hands over motion, not just a still); in the miniature world
+    # 1 measured best (benchmarks/RESULTS.md, long shots), so it is the default.
+    window_overlap: int = 1
 
     def __post_init__(self):
         check_windows(self.window_frames, self.window_overlap)

@@ -75,27 +75,23 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     stack, info = open_model(args.model)
     shots = heldout_shots(args.shots, frames=args.frames)
-    overlaps = [int(o) for o in args.overlaps.split(",")]
-    # (row, LoRA's handover_frames, window, overlap)
-    configs = [(f"overlap {o}", 0, args.window, o) for o in overlaps]
-    configs += [(f"overlap {o}, LoRA with hand-over clips", o, args.window, o) for o in overlaps if o > 1]
-    configs.append((f"one {args.frames}-frame window", 0, args.frames, 1))
-    results = {name: [] for name, *_ in configs}
+    configs = [(f"overlap {o}", args.window, int(o)) for o in args.overlaps.split(",")]
+    configs.append((f"one {args.frames}-frame window", args.frames, 1))
+    results = {name: [] for name, _, _ in configs}
     t0 = time.perf_counter()
     for i, shot in enumerate(shots):
         keep = torch.from_numpy(to_keep(derive_training_mask(shot.matte.astype(np.float32), "bbox")))
-        for handover in sorted({h for _, h, _, _ in configs}):
-            settings = TrainSettings.from_dict({**info.train_defaults, "caption": shot.caption, "seed": args.seed,
-                                                "window": args.window, "handover_frames": handover})
-            motion, appearance = prepare_samples(stack, _video(shot.source), keep, settings)
-            adapter = f"long-{i}-{handover}"
-            LoraTrainer(stack, adapter, settings).train(motion, appearance)
-            for name, _, window, overlap in (c for c in configs if c[1] == handover):
-                out, seams = render_long(stack, shot, keep, adapter, window=window, overlap=overlap,
-                                         render_steps=args.render_steps, seed=args.seed)
-                s = score(out, shot)
-                results[name].append((s.bg_psnr, s.edit_psnr, s.temporal_err, seam_error(out, shot, seams)))
-            lora_ops.delete_adapter(stack, adapter)
+        settings = TrainSettings.from_dict({**info.train_defaults, "caption": shot.caption, "seed": args.seed,
+                                            "window": args.window})
+        motion, appearance = prepare_samples(stack, _video(shot.source), keep, settings)
+        adapter = f"long-{i}"
+        LoraTrainer(stack, adapter, settings).train(motion, appearance)
+        for name, window, overlap in configs:
+            out, seams = render_long(stack, shot, keep, adapter, window=window, overlap=overlap,
+                                     render_steps=args.render_steps, seed=args.seed)
+            s = score(out, shot)
+            results[name].append((s.bg_psnr, s.edit_psnr, s.temporal_err, seam_error(out, shot, seams)))
+        lora_ops.delete_adapter(stack, adapter)
         print(f"shot {i + 1}/{len(shots)} done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     print(f"\nmodel {info.name}, {len(shots)} held-out shots x {args.frames} frames, {args.window}-frame windows, "

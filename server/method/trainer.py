@@ -17,7 +17,7 @@ import torch
 
 from lorafx.errors import Cancelled, InvalidInput
 
-from .conditioning import CONFIGS, MASK_DOWNSAMPLE_MODES, VAE_TEMPORAL, build_condition, check_frame_count
+from .conditioning import CONFIGS, MASK_DOWNSAMPLE_MODES, build_condition, check_frame_count
 from .encode import DEFAULT_TRIGGER, compose_prompt, encode_condition, encode_image, encode_prompt, encode_video
 from .lora import LoraSpec, add_adapter, adapter_state_dict, load_adapter_state, trainable_parameters
 from .stack import WanStack
@@ -53,10 +53,6 @@ class TrainSettings:
     # being a constant the LoRA can memorise, so an edit's colours come from frame 1 instead of
     # leaking back from the plate. 0 = the paper's method.
     colour_augment: int = 0
-    # lorafx extension: also train on copies of each motion clip whose first `handover_frames`
-    # frames are given whole, as a later window of a long shot is given the frames it shares with
-    # the one before (pipeline `window_overlap`). 0 = the paper's method (frame 1 only).
-    handover_frames: int = 0
     gradient_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 25
@@ -73,9 +69,6 @@ class TrainSettings:
             raise InvalidInput(f"unknown mask_downsample {self.mask_downsample!r}")
         if not 0 <= self.colour_augment <= len(COLOUR_VARIANTS):
             raise InvalidInput(f"colour_augment must be in 0..{len(COLOUR_VARIANTS)}, got {self.colour_augment}")
-        if self.handover_frames < 0 or self.handover_frames == 1:
-            raise InvalidInput(f"handover_frames must be 0 (off) or at least 2, got {self.handover_frames}",
-                               setting="handover_frames")
         if self.steps < 0 or self.appearance_epochs < 0 or self.appearance_repeats < 0:
             raise InvalidInput("step, epoch and repeat counts must be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -178,17 +171,11 @@ def prepare_samples(stack: WanStack, source: torch.Tensor, keep: torch.Tensor | 
 
     motion = []
     clips = [source] + [recolour(source, v) for v in range(settings.colour_augment)]
-    handovers = [0] + ([settings.handover_frames] if settings.handover_frames else [])
-    # recoloured copies and hand-over copies interleaved: the steps cycle through all of them
-    jobs = [(clip, a, b, h) for a, b in spans for clip in clips for h in handovers]
+    jobs = [(clip, a, b) for a, b in spans for clip in clips]  # recoloured copies interleaved
     total = len(jobs) + len(painted or {})
-    for i, (clip, a, b, handover) in enumerate(jobs):
+    for i, (clip, a, b) in enumerate(jobs):
         win_keep = keep[a:b] if keep is not None else None
-        if handover >= b - a - VAE_TEMPORAL + 1:
-            raise InvalidInput(f"handover_frames {handover} leaves fewer than {VAE_TEMPORAL} frames to generate "
-                               f"in a {b - a}-frame training clip", setting="handover_frames")
-        pinned = {k: clip[a + k] for k in range(1, handover)} or None
-        cond = build_condition(settings.config, clip[a:b], win_keep, pinned=pinned)
+        cond = build_condition(settings.config, clip[a:b], win_keep)
         motion.append(TrainingSample(
             kind="motion",
             condition=encode_condition(stack, cond, settings.mask_downsample),
