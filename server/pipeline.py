@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ import torch
 
 import lorafx
 from lorafx.errors import InvalidInput
+from lorafx.server.masks.ops import parse_mask_mode
 from lorafx.server.media.colour import ColourSettings
 from lorafx.server.media.composite import composite_frame, feathered_alpha
 from lorafx.server.media.plate import (ModelWindow, ShotInputs, from_model_space, load_shot_inputs,
@@ -73,6 +75,16 @@ class ShotSpec:
     window_overlap: int = 1
 
     def __post_init__(self):
+        parse_mask_mode(self.mask_mode)
+        if not (self.feather_px >= 0 and math.isfinite(self.feather_px)):
+            raise InvalidInput(f"feather_px must be >= 0 px, got {self.feather_px}", setting="feather_px")
+        if not (self.context >= 0 and math.isfinite(self.context)):
+            raise InvalidInput(f"context must be >= 0 (a fraction of the matte's size), got {self.context}",
+                               setting="context")
+        if self.roi_mode not in ROI_MODES:
+            raise InvalidInput(f"roi_mode must be one of {', '.join(ROI_MODES)}, got {self.roi_mode!r}",
+                               setting="roi_mode")
+        ColourSettings(**self.colour)  # highlight mode and knee; the config is checked where it is read
         check_windows(self.window_frames, self.window_overlap)
 
     @classmethod
@@ -130,8 +142,6 @@ def load_inputs(spec: ShotSpec, stack_model_size: tuple[int, int] | None = None)
     and resize to model space (media.plate)."""
     if spec.last < spec.first:
         raise InvalidInput(f"frame range {spec.first}-{spec.last} is empty")
-    if spec.roi_mode not in ROI_MODES:
-        raise InvalidInput(f"roi_mode must be one of {', '.join(ROI_MODES)}, got {spec.roi_mode!r}")
     inputs = load_shot_inputs(spec.plate, spec.matte, spec.first, spec.last, ColourSettings(**spec.colour),
                               matte_channel=spec.matte_channel, references=spec.references)
     size = spec.model_size or stack_model_size or LANDSCAPE

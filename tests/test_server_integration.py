@@ -108,6 +108,26 @@ def test_train_render_bit_exact_outside_matte(server, bedroom_plate):
     assert exr.attributes.get("lorafx/seed") == 3 and exr.attributes.get("lorafx/lora_hash")
 
 
+BAD_SETTINGS = [
+    ("feather_px", "soft", "shot setting 'feather_px' must be a number"),
+    ("steps", "many", "training setting 'steps' must be a whole number"),
+    ("context", -1.0, "context must be >= 0"),
+    ("mask_mode", "blob", "mask mode must be 'bbox', 'tight' or 'dilate:N'"),
+    ("dilate", "x", "shot setting 'dilate' must be a whole number"),
+    ("roi_mode", "zoom", "roi_mode must be one of matte, full"),
+    ("highlight_mode", "squash", "highlight_mode must be one of clip, shaper"),
+    ("colour_config", "/nope.ocio", "cannot load OCIO config '/nope.ocio'"),
+    ("model_space", "nope", "model colour space 'nope' is not a colour space"),
+    ("appearance_steps", -1, "appearance_steps must be >= 0"),
+    ("caption", 5, "shot setting 'caption' must be a string"),
+    ("rank", 0, "LoRA rank must be >= 1"),
+    ("cfg", "x", "render setting 'cfg' must be a number"),
+    ("shift", -1, "shift > 0"),
+    ("sampler", "dpm", "unknown sampler 'dpm'"),
+    ("lr", float("nan"), "lr'?: must be finite"),  # the protocol layer already refuses NaN
+]
+
+
 def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
     plate, matte, edited = bedroom_plate
     _, endpoint = server()
@@ -130,9 +150,18 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
             c.create_shot("bad2", FIRST, FIRST + 8, settings={"stepz": 3})
         with pytest.raises(InvalidInput, match="window_frames must be 4k\\+1"):
             c.create_shot("bad3", FIRST, FIRST + 8, settings={"window_frames": 20})
+        # every setting a job would trip over is refused when it arrives, naming it (these used to
+        # be accepted, then failed the job later, two of them as an "internal" TypeError)
+        for key, value, message in BAD_SETTINGS:
+            with pytest.raises(InvalidInput, match=message):
+                c.create_shot("bad4", FIRST, FIRST + 8, settings={key: value})
+        with pytest.raises(NotFound, match="unknown shot"):
+            c.get_shot("bad4")  # nothing half-created
+        with pytest.raises(InvalidInput, match="training setting 'steps' must be a whole number"):
+            c.train("bad", {"steps": "many"})
         with pytest.raises(InvalidInput, match="window_overlap must be 1..13"):
             c.train("bad", {"window_overlap": 16})  # a job's override is checked when submitted
-        with pytest.raises(InvalidInput, match="window_overlap must be a whole number"):
+        with pytest.raises(InvalidInput, match="shot setting 'window_overlap' must be a whole number"):
             c.train("bad", {"window_overlap": "five"})
         # missing plate frames and an empty matte are found when the job reads the shot
         c.put_frames("bad", "matte", matte)
@@ -155,6 +184,22 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
     reply = msgpack.unpackb(s.recv_multipart()[0])
     assert reply["error"]["code"] == "version_mismatch" and "99" in reply["error"]["message"]
     s.close(0)
+
+
+def test_a_refused_replace_keeps_the_old_shot(server, bedroom_plate):
+    # shot.create with replace=true used to delete the old shot's files before it checked the new
+    # plate path: a typo in the path lost the uploaded plate, matte and reference frames.
+    plate, matte, edited = bedroom_plate
+    _, endpoint = server()
+    with Client(endpoint, timeout_s=30) as c:
+        _upload(c, "keep", plate, matte, edited)
+        before = c.get_shot("keep")["frames"]
+        assert before["plate"] and before["matte"] and before["reference"]
+        with pytest.raises(NotFound, match="first frame"):
+            c.create_shot("keep", FIRST, FIRST + N - 1, plate="/no/such/plate.####.exr", replace=True)
+        with pytest.raises(InvalidInput, match="mask mode"):
+            c.create_shot("keep", FIRST, FIRST + N - 1, settings={"mask_mode": "blob"}, replace=True)
+        assert c.get_shot("keep")["frames"] == before
 
 
 def test_kill9_mid_training_resumes_from_checkpoint(server, bedroom_plate, tmp_path):

@@ -21,23 +21,45 @@ import torch
 
 import lorafx
 from lorafx.errors import Busy, InvalidInput, NotFound
+from lorafx.settings import typed
 from lorafx.protocol import messages as M
 from lorafx.protocol.server import ProtocolServer, Request
 from lorafx.server.jobs import JobQueue, JobStore, get_metrics
 from lorafx.server.jobs.lora_store import AdapterCache, LoraStore
+from lorafx.server.media.colour import ColourSettings, ColourTransform
 from lorafx.server.media.io import read_frame, sequence_path, write_exr_atomic
 from lorafx.server.method import lora as lora_ops
 from lorafx.server.method.sampler import RenderSettings
 from lorafx.server.method.stack import WanStack
 from lorafx.server.method.trainer import TrainSettings, TrainState
-from lorafx.server.pipeline import ShotSpec, check_windows, load_inputs, lora_key, render_shot, train_shot, write_results
+from lorafx.server.pipeline import ShotSpec, load_inputs, lora_key, render_shot, train_shot, write_results
 
 log = logging.getLogger("lorafx.server")
 
 TRAIN_KEYS = {f.name for f in fields(TrainSettings)}
 RENDER_KEYS = {f.name for f in fields(RenderSettings)}
-SHOT_KEYS = {"mask_mode", "dilate", "feather_px", "caption", "painted_caption", "context", "window_frames",
-             "window_overlap", "highlight_mode", "colour_config", "model_space", "appearance_steps", "roi_mode"}
+
+
+@dataclass
+class ShotLevelSettings:
+    """The settings keys that shape the shot rather than a job (types checked on arrival)."""
+
+    mask_mode: str | None = None  # bbox | tight | dilate | dilate:N
+    dilate: int | None = None
+    feather_px: float | None = None
+    caption: str | None = None
+    painted_caption: str | None = None
+    context: float | None = None
+    window_frames: int | None = None  # default: the model's
+    window_overlap: int | None = None
+    highlight_mode: str | None = None
+    colour_config: str | None = None
+    model_space: str | None = None
+    appearance_steps: int | None = None
+    roi_mode: str | None = None
+
+
+SHOT_KEYS = {f.name for f in fields(ShotLevelSettings)}
 SERVER_KEYS = {"block_swap", "fp8"}  # switches of the resident model, fixed at `lorafx serve`
 
 
@@ -65,8 +87,12 @@ def split_settings(settings: dict) -> tuple[dict, dict, dict]:
                 render[k] = v
         else:
             raise InvalidInput(f"unknown setting {k!r}", setting=k)
-    if "appearance_steps" in shot:  # PROTOCOL.md's name: total appearance steps, 10 epochs
-        train["appearance_epochs"] = max(1, int(shot.pop("appearance_steps")) // 10)
+    shot = typed(ShotLevelSettings, shot, "shot setting")
+    if shot.get("appearance_steps") is not None:  # PROTOCOL.md's name: total appearance steps, 10 epochs
+        if shot["appearance_steps"] < 0:
+            raise InvalidInput(f"appearance_steps must be >= 0, got {shot['appearance_steps']}",
+                               setting="appearance_steps")
+        train["appearance_epochs"] = max(1, shot.pop("appearance_steps") // 10)
     return train, render, shot
 
 
@@ -161,47 +187,42 @@ class LorafxService:
     def shot_spec(self, name: str, overrides: dict | None = None) -> ShotSpec:
         shot = self._shot(name)
         paths = shot.paths or {}
-        settings = dict(shot.settings or {})
-        settings.update(overrides or {})
-        _, _, shot_settings = split_settings(settings)
         refs = {int(k): v for k, v in (paths.get("references") or {}).items()}
         for f in self._stored_frames(name, "reference"):
             refs.setdefault(f, sequence_path(self._role_pattern(name, "reference"), f))
-        mask_mode = shot_settings.get("mask_mode", "bbox")
+        return self._build_spec(name, shot.frame_first, shot.frame_last, paths,
+                                {**(shot.settings or {}), **(overrides or {})}, refs)
+
+    def _build_spec(self, name: str, first: int, last: int, paths: dict, settings: dict,
+                    refs: dict[int, str] | None = None) -> ShotSpec:
+        """A ShotSpec from a shot's stored paths and settings (checked: ShotSpec refuses bad values)."""
+        _, _, s = split_settings(settings)
+        mask_mode = s.get("mask_mode") or "bbox"
         if mask_mode == "dilate":
-            mask_mode = f"dilate:{int(shot_settings.get('dilate', 8))}"
+            mask_mode = f"dilate:{s.get('dilate', 8)}"
         colour = {}
         if paths.get("colorspace"):
             colour["plate_space"] = paths["colorspace"]
-        if shot_settings.get("highlight_mode"):
-            colour["highlight_mode"] = shot_settings["highlight_mode"]
-        if shot_settings.get("colour_config"):
-            colour["config"] = shot_settings["colour_config"]
-        if shot_settings.get("model_space"):
-            colour["model_space"] = shot_settings["model_space"]
+        for key, colour_key in (("highlight_mode", "highlight_mode"), ("colour_config", "config"),
+                                ("model_space", "model_space")):
+            if s.get(key):
+                colour[colour_key] = s[key]
+        given = {k: s[k] for k in ("roi_mode", "feather_px", "caption", "painted_caption", "context",
+                                   "window_frames", "window_overlap") if s.get(k) is not None}
         return ShotSpec(
-            name=name, first=shot.frame_first, last=shot.frame_last,
+            name=name, first=first, last=last,
             plate=paths.get("plate") or self._role_pattern(name, "plate"),
             matte=paths.get("matte") or self._role_pattern(name, "matte"),
             matte_channel=(paths.get("matte_channel") if paths.get("matte_channel") not in (None, "A") else None),
-            references=refs, colour=colour, mask_mode=mask_mode, roi_mode=str(shot_settings.get("roi_mode", "matte")),
-            feather_px=float(shot_settings.get("feather_px", 2.0)),
-            caption=str(shot_settings.get("caption", "")),
-            painted_caption=str(shot_settings.get("painted_caption", "")),
-            context=float(shot_settings.get("context", 0.25)),
-            model_size=self.model.resolution,
-            **self._window_settings(shot_settings))
+            references=refs or {}, colour=colour, mask_mode=mask_mode, model_size=self.model.resolution,
+            **{"window_frames": self.model.window_frames, **given})
 
-    def _window_settings(self, shot_settings: dict) -> dict:
-        """window_frames / window_overlap as checked ints (the model's window by default)."""
-        out = {}
-        for key, default in (("window_frames", self.model.window_frames), ("window_overlap", ShotSpec.window_overlap)):
-            value = shot_settings.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-                raise InvalidInput(f"{key} must be a whole number of frames, got {value!r}", setting=key)
-            out[key] = int(value)
-        check_windows(**out)
-        return out
+    def _check_training(self, spec: ShotSpec, settings: dict) -> None:
+        """What a training job would find wrong in a shot's settings (`spec` is built from them,
+        so its own checks have run), found now: the request that brings a bad setting fails,
+        naming it, not a job minutes later. Render settings come from the render request."""
+        TrainSettings.from_dict({**self.model.train_defaults, **split_settings(settings)[0]})
+        ColourTransform(ColourSettings(**spec.colour))  # config, colour spaces, highlight mode
 
     def shot_record(self, name: str) -> dict:
         shot = self._shot(name)
@@ -264,21 +285,23 @@ class LorafxService:
         if exists and not b.get("replace", False):
             raise InvalidInput(f"shot {name!r} exists (pass replace=true to replace it)", shot=name)
         settings = dict(b.get("settings") or {})
-        self._window_settings(split_settings(settings)[2])  # reject unknown keys and bad windows now
         self._check_server_switches(settings)
         paths = {"colorspace": b.get("colorspace"), "plate": b.get("plate"), "matte": b.get("matte"),
                  "matte_channel": b.get("matte_channel", "A"), "references": {}, "loras": {},
                  "inputs_rev": time.time_ns()}  # never reuses a replaced shot's LoRA cache key
-        if exists:
-            old = self._shot(name).paths or {}
-            paths["loras"] = old.get("loras", {})
-            shutil.rmtree(self.shots_dir / name, ignore_errors=True)
+        self._check_training(self._build_spec(name, first, last, paths, settings), settings)
+        RenderSettings.from_dict({k: v for k, v in split_settings(settings)[1].items() if k not in TRAIN_KEYS})
         for role in ("plate", "matte"):
             pattern = paths[role]
             if pattern:
                 probe = sequence_path(pattern, first)  # InvalidInput when it has no frame token
                 if not Path(probe).is_file():
                     raise NotFound(f"{role} sequence {pattern}: first frame {probe} not found", path=probe)
+        # everything is checked: only now may a replaced shot's files go
+        if exists:
+            old = self._shot(name).paths or {}
+            paths["loras"] = old.get("loras", {})
+            shutil.rmtree(self.shots_dir / name, ignore_errors=True)
         (self.shots_dir / name).mkdir(parents=True, exist_ok=True)
         self.store.put_shot(name, settings=settings, frame_first=first, frame_last=last, paths=paths)
         return self.shot_record(name)
@@ -373,8 +396,7 @@ class LorafxService:
         shot = self._shot(b["shot"])
         overrides = dict(b.get("settings") or {})
         self._check_server_switches(overrides)
-        self._train_settings(shot, overrides)  # validate now: a bad setting fails the request, not the job
-        self.shot_spec(shot.name, overrides)
+        self._check_training(self.shot_spec(shot.name, overrides), {**(shot.settings or {}), **overrides})
         if not self._stored_frames(shot.name, "plate") and not (shot.paths or {}).get("plate"):
             raise InvalidInput(f"shot {shot.name} has no plate frames yet (shot.put_frames role plate)")
         if not self._stored_frames(shot.name, "matte") and not (shot.paths or {}).get("matte"):
@@ -405,8 +427,9 @@ class LorafxService:
         for key in ("seed", "steps", "cfg", "shift", "sampler", "caption"):
             if b.get(key) is not None:
                 render[key] = b[key]
-        RenderSettings.from_dict({k: v for k, v in render.items() if k in RENDER_KEYS})
+        RenderSettings.from_dict(render)
         spec = self.shot_spec(shot.name, overrides)
+        ColourTransform(ColourSettings(**spec.colour))
         if shot.frame_first not in spec.references:
             raise InvalidInput(f"shot {shot.name} has no edited first frame: upload a reference frame "
                                f"{shot.frame_first} (shot.put_frames role reference, or frames in job.render)")

@@ -115,7 +115,7 @@ def load_config(config: str) -> "ocio.Config":
     except Exception as exc:  # OCIO raises its own exception family
         builtin = [name for name, *_ in ocio.BuiltinConfigRegistry().getBuiltinConfigs()]
         raise InvalidInput(
-            f"cannot load OCIO config {config!r}: {exc}. Built-in configs: ocio://default, "
+            f"cannot load OCIO config {config!r}: {str(exc).rstrip('.')}. Built-in configs: ocio://default, "
             f"ocio://cg-config-latest, ocio://studio-config-latest, "
             + ", ".join(f"ocio://{n}" for n in builtin), config=str(config)) from None
 

@@ -9,12 +9,13 @@ schedulers themselves are diffusers'.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
 from lorafx.errors import Cancelled, InvalidInput
+from lorafx.settings import typed
 
 from .conditioning import MASK_DOWNSAMPLE_MODES, build_condition, downsample_keep, latent_frame_keep
 from .encode import (DEFAULT_TRIGGER, WAN_NEGATIVE_PROMPT, compose_prompt, decode_latents, encode_condition,
@@ -50,18 +51,14 @@ class RenderSettings:
             raise InvalidInput(f"unknown baseline {self.baseline!r}; choose feature_blend or none")
         if self.mask_downsample not in MASK_DOWNSAMPLE_MODES:
             raise InvalidInput(f"unknown mask_downsample {self.mask_downsample!r}")
-        if not 1 <= int(self.steps) <= 1000:
+        if not 1 <= self.steps <= 1000:
             raise InvalidInput(f"steps must be in 1..1000, got {self.steps}")
         if self.cfg < 0 or self.shift <= 0:
             raise InvalidInput("cfg must be >= 0 and shift > 0")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "RenderSettings":
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InvalidInput(f"unknown render settings: {', '.join(unknown)}", unknown=unknown)
-        return cls(**d)
+        return cls(**typed(cls, dict(d or {}), "render setting"))
 
     def to_dict(self) -> dict:
         return asdict(self)

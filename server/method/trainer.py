@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 
 from lorafx.errors import Cancelled, InvalidInput
+from lorafx.settings import typed
 
 from .conditioning import CONFIGS, MASK_DOWNSAMPLE_MODES, build_condition, check_frame_count
 from .encode import DEFAULT_TRIGGER, compose_prompt, encode_condition, encode_image, encode_prompt, encode_video
@@ -71,6 +72,12 @@ class TrainSettings:
             raise InvalidInput(f"colour_augment must be in 0..{len(COLOUR_VARIANTS)}, got {self.colour_augment}")
         if self.steps < 0 or self.appearance_epochs < 0 or self.appearance_repeats < 0:
             raise InvalidInput("step, epoch and repeat counts must be >= 0")
+        if self.rank < 1 or not self.alpha > 0:
+            raise InvalidInput(f"LoRA rank must be >= 1 and alpha > 0, got rank {self.rank}, alpha {self.alpha}")
+        if not 0 <= self.dropout < 1 or self.weight_decay < 0 or not self.grad_clip > 0:
+            raise InvalidInput("dropout must lie in [0, 1), weight_decay be >= 0 and grad_clip > 0")
+        if not all(0 <= b < 1 for b in self.betas) or self.checkpoint_every < 0:
+            raise InvalidInput("betas must lie in [0, 1) and checkpoint_every be >= 0 (0: never)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InvalidInput(f"learning rate must be positive, got {self.lr}")
         if self.window is not None:
@@ -81,12 +88,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainSettings":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidInput(f"unknown training settings: {', '.join(unknown)}", unknown=unknown)
-        return cls(**d)
+        return cls(**typed(cls, dict(d or {}), "training setting"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
