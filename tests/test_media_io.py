@@ -103,6 +103,19 @@ def test_interrupted_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["plate.1001.exr"]  # no temp file left behind
 
 
+def test_unaligned_pixels_are_written(tmp_path):
+    # Pixels uploaded inline are views of ZeroMQ message frames, which are not always 4-byte
+    # aligned; OIIO refused those ("buffer is wrong size") and 32x32 mattes failed to upload.
+    raw = bytearray(32 * 48 * 4 + 1)
+    pixels = np.frombuffer(memoryview(raw)[1:], dtype=np.float32).reshape(32, 48, 1)
+    pixels[...] = np.linspace(0, 1, 32 * 48, dtype=np.float32).reshape(32, 48, 1)
+    assert not pixels.flags.aligned
+    path = mio.write_exr_atomic(tmp_path / "m.exr", pixels, ["A"], pixel_type="float")
+    back = mio.read_frame(path)
+    np.testing.assert_array_equal(back.pixels, pixels)
+    assert mio.read_windows(path) == (Window(0, 0, 48, 32), Window(0, 0, 48, 32))
+
+
 def test_write_refuses_values_beyond_half_and_bad_shapes(tmp_path):
     px = np.zeros((4, 4, 3), np.float32)
     px[2, 1, 0] = 1e6

@@ -146,6 +146,8 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
             c.put_frames("bad", "plate", {FIRST + 1: nan})
         with pytest.raises(InvalidInput, match="outside shot"):
             c.put_frames("bad", "plate", {FIRST + 100: plate[FIRST]})
+        with pytest.raises(InvalidInput, match="matte frame 1001 is 50x40 but the shot's plate frames are"):
+            c.put_frames("bad", "matte", {FIRST: np.ones((40, 50), np.float32)})  # roles share the plate's size
         with pytest.raises(InvalidInput, match="unknown setting 'stepz'"):
             c.create_shot("bad2", FIRST, FIRST + 8, settings={"stepz": 3})
         with pytest.raises(InvalidInput, match="window_frames must be 4k\\+1"):
@@ -184,6 +186,20 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
     reply = msgpack.unpackb(s.recv_multipart()[0])
     assert reply["error"]["code"] == "version_mismatch" and "99" in reply["error"]["message"]
     s.close(0)
+
+
+def test_small_inline_frames_upload(server):
+    # 16x16 and 32x32 float mattes arrived in unaligned message frames and failed to be written
+    _, endpoint = server()
+    with Client(endpoint, timeout_s=30) as c:
+        for size in (16, 32, 48):
+            name = f"small{size}"
+            c.create_shot(name, FIRST, FIRST + 4)
+            frames = range(FIRST, FIRST + 5)
+            assert c.put_frames(name, "plate", {f: np.full((size, size, 3), 0.5, np.float32) for f in frames}) \
+                == list(frames)
+            assert c.put_frames(name, "matte", {f: np.ones((size, size), np.float32) for f in frames}) == list(frames)
+            assert c.get_shot(name)["frames"]["matte"] == list(frames)
 
 
 def test_a_refused_replace_keeps_the_old_shot(server, bedroom_plate):

@@ -27,7 +27,7 @@ from lorafx.protocol.server import ProtocolServer, Request
 from lorafx.server.jobs import JobQueue, JobStore, get_metrics
 from lorafx.server.jobs.lora_store import AdapterCache, LoraStore
 from lorafx.server.media.colour import ColourSettings, ColourTransform
-from lorafx.server.media.io import read_frame, sequence_path, write_exr_atomic
+from lorafx.server.media.io import read_frame, read_windows, sequence_path, write_exr_atomic
 from lorafx.server.method import lora as lora_ops
 from lorafx.server.method.sampler import RenderSettings
 from lorafx.server.method.stack import WanStack
@@ -348,12 +348,16 @@ class LorafxService:
         bad = ~np.isfinite(arr)
         if bad.any():
             raise InvalidInput(f"{role} frame {frame} has {int(bad.sum())} NaN/inf values", frame=frame)
-        existing = self._stored_frames(name, role)
-        if existing:
-            ref = read_frame(sequence_path(self._role_pattern(name, role), existing[0]))
-            if (ref.width, ref.height) != (arr.shape[1], arr.shape[0]):
-                raise InvalidInput(f"{role} frame {frame} is {arr.shape[1]}x{arr.shape[0]} but earlier {role} frames "
-                                   f"are {ref.width}x{ref.height}", frame=frame)
+        # every role of a shot shares the plate's resolution: say so at upload, not in a job
+        for other in (role, *(r for r in ("plate", "matte", "reference") if r != role)):
+            existing = self._stored_frames(name, other)
+            if not existing:
+                continue
+            data, _ = read_windows(sequence_path(self._role_pattern(name, other), existing[0]))
+            if (data.width, data.height) != (arr.shape[1], arr.shape[0]):
+                which = f"earlier {role} frames" if other == role else f"the shot's {other} frames"
+                raise InvalidInput(f"{role} frame {frame} is {arr.shape[1]}x{arr.shape[0]} but {which} "
+                                   f"are {data.width}x{data.height}", frame=frame)
         if role == "matte" and arr.shape[-1] == 1:
             channels = ["A"]
         path = sequence_path(self._role_pattern(name, role), frame)

@@ -136,6 +136,18 @@ def _spec_window(spec) -> tuple[Window, Window]:
     return data, display
 
 
+def read_windows(path: str | os.PathLike) -> tuple[Window, Window]:
+    """(data window, display window) of an image, from its header alone (no pixels read)."""
+    path = os.fspath(path)
+    inp = oiio.ImageInput.open(path) if os.path.isfile(path) else None
+    if inp is None:
+        raise InvalidInput(f"cannot read {path}: {oiio.geterror() or 'no such file'}", path=path)
+    try:
+        return _spec_window(inp.spec())
+    finally:
+        inp.close()
+
+
 def read_frame(path: str | os.PathLike) -> Frame:
     """Read one image (any format OIIO reads: EXR half/float, DPX, TIFF, PNG, JPEG...) as float32.
 
@@ -486,7 +498,9 @@ def write_exr_atomic(
     if len(types) != c or any(t not in ("half", "float") for t in types):
         raise InvalidInput(f"{path}: pixel_type must be 'half'/'float' or one per channel, "
                            f"got {pixel_type!r}")
-    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    # aligned too: OIIO refuses unaligned buffers ("buffer is wrong size"), and pixels that
+    # arrived inline over ZeroMQ are views of message frames, not always 4-byte aligned
+    pixels = np.require(pixels, dtype=np.float32, requirements=("C", "A"))
     half_idx = [i for i, t in enumerate(types) if t == "half"]
     if half_idx:
         sub = pixels[..., half_idx] if len(half_idx) != c else pixels
