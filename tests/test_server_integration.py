@@ -121,9 +121,7 @@ BAD_SETTINGS = [
     ("appearance_steps", -1, "appearance_steps must be >= 0"),
     ("caption", 5, "shot setting 'caption' must be a string"),
     ("rank", 0, "LoRA rank must be >= 1"),
-    ("cfg", "x", "render setting 'cfg' must be a number"),
-    ("shift", -1, "shift > 0"),
-    ("sampler", "dpm", "unknown sampler 'dpm'"),
+    ("cfg", 3.0, "cfg: render settings belong to job.render, not to the shot"),
     ("lr", float("nan"), "lr'?: must be finite"),  # the protocol layer already refuses NaN
 ]
 
@@ -161,6 +159,8 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
             c.get_shot("bad4")  # nothing half-created
         with pytest.raises(InvalidInput, match="training setting 'steps' must be a whole number"):
             c.train("bad", {"steps": "many"})
+        with pytest.raises(InvalidInput, match="shift: render settings belong to job.render, not to job.train"):
+            c.train("bad", {"shift": 3.0})
         with pytest.raises(InvalidInput, match="window_overlap must be 1..13"):
             c.train("bad", {"window_overlap": 16})  # a job's override is checked when submitted
         with pytest.raises(InvalidInput, match="shot setting 'window_overlap' must be a whole number"):

@@ -126,7 +126,8 @@ def submit(
     edited: Path = typer.Option(..., help="the edited first frame (same resolution and colour space as the plate)"),
     first: int = typer.Option(...), last: int = typer.Option(...),
     painted: list[str] = typer.Option([], help="FRAME=PATH painted later frames for the appearance stage"),
-    steps: int = typer.Option(100, help="motion-stage training steps"),
+    steps: Optional[int] = typer.Option(None, help="motion-stage training steps (default: the model's "
+                                                   "recommendation, else 100)"),
     render_steps: int = typer.Option(30), cfg: float = typer.Option(5.0), seed: int = typer.Option(0),
     caption: str = typer.Option("", help="caption of the edited frame"),
     settings: str = typer.Option("{}", help="extra shot settings as JSON"),
@@ -143,7 +144,7 @@ def submit(
                 f, p = item.split("=", 1)
                 refs[int(f)] = p
             c.put_frames(shot, "reference", refs)
-            rec = wait_with_progress(c, c.train(shot, {"steps": steps}), f"train {shot}")
+            rec = wait_with_progress(c, c.train(shot, {} if steps is None else {"steps": steps}), f"train {shot}")
             console.print(f"trained LoRA {rec['result'].get('lora')} ({rec['result'].get('key')})")
             rec = wait_with_progress(c, c.render(shot, seed=seed, steps=render_steps, cfg=cfg), f"render {shot}")
             console.print(f"rendered {rec['result']['frames']} frames: {rec['result']['pattern']}")
@@ -153,12 +154,13 @@ def submit(
 
 
 @app.command()
-def train(shot: str, steps: int = typer.Option(100), settings: str = typer.Option("{}"),
+def train(shot: str, steps: Optional[int] = typer.Option(None, help="default: the model's recommendation, else 100"),
+          settings: str = typer.Option("{}"),
           endpoint: str = typer.Option(DEFAULT_ENDPOINT), wait: bool = typer.Option(True)):
     """Train (or reuse the cached) LoRA of an existing shot."""
     try:
         with _client(endpoint) as c:
-            job = c.train(shot, {"steps": steps, **json.loads(settings)})
+            job = c.train(shot, {**({} if steps is None else {"steps": steps}), **json.loads(settings)})
             print(job)
             if wait:
                 wait_with_progress(c, job, f"train {shot}")

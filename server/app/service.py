@@ -21,7 +21,6 @@ import torch
 
 import lorafx
 from lorafx.errors import Busy, InvalidInput, NotFound
-from lorafx.settings import typed
 from lorafx.protocol import messages as M
 from lorafx.protocol.server import ProtocolServer, Request
 from lorafx.server.jobs import JobQueue, JobStore, get_metrics
@@ -33,6 +32,7 @@ from lorafx.server.method.sampler import RenderSettings
 from lorafx.server.method.stack import WanStack
 from lorafx.server.method.trainer import TrainSettings, TrainState
 from lorafx.server.pipeline import ShotSpec, load_inputs, lora_key, render_shot, train_shot, write_results
+from lorafx.settings import typed
 
 log = logging.getLogger("lorafx.server")
 
@@ -94,6 +94,14 @@ def split_settings(settings: dict) -> tuple[dict, dict, dict]:
                                setting="appearance_steps")
         train["appearance_epochs"] = max(1, shot.pop("appearance_steps") // 10)
     return train, render, shot
+
+
+def _refuse_render_only(settings: dict, where: str) -> None:
+    """A render takes its settings from job.render: given anywhere else they would do nothing."""
+    render_only = sorted(set(split_settings(settings)[1]) - TRAIN_KEYS)
+    if render_only:
+        raise InvalidInput(f"{', '.join(render_only)}: render settings belong to job.render, not to {where}",
+                           settings=render_only)
 
 
 def _result_pattern(out_dir: Path) -> str:
@@ -199,7 +207,7 @@ class LorafxService:
         _, _, s = split_settings(settings)
         mask_mode = s.get("mask_mode") or "bbox"
         if mask_mode == "dilate":
-            mask_mode = f"dilate:{s.get('dilate', 8)}"
+            mask_mode = f"dilate:{8 if s.get('dilate') is None else s['dilate']}"
         colour = {}
         if paths.get("colorspace"):
             colour["plate_space"] = paths["colorspace"]
@@ -290,7 +298,7 @@ class LorafxService:
                  "matte_channel": b.get("matte_channel", "A"), "references": {}, "loras": {},
                  "inputs_rev": time.time_ns()}  # never reuses a replaced shot's LoRA cache key
         self._check_training(self._build_spec(name, first, last, paths, settings), settings)
-        RenderSettings.from_dict({k: v for k, v in split_settings(settings)[1].items() if k not in TRAIN_KEYS})
+        _refuse_render_only(settings, "the shot")
         for role in ("plate", "matte"):
             pattern = paths[role]
             if pattern:
@@ -400,6 +408,7 @@ class LorafxService:
         shot = self._shot(b["shot"])
         overrides = dict(b.get("settings") or {})
         self._check_server_switches(overrides)
+        _refuse_render_only(overrides, "job.train")
         self._check_training(self.shot_spec(shot.name, overrides), {**(shot.settings or {}), **overrides})
         if not self._stored_frames(shot.name, "plate") and not (shot.paths or {}).get("plate"):
             raise InvalidInput(f"shot {shot.name} has no plate frames yet (shot.put_frames role plate)")
