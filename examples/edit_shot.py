@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lorafx.protocol.client import Client
 from lorafx.server.app.demo import image_sequence_shot
-from lorafx.server.media.io import read_frame, write_exr_atomic
+from lorafx.server.media.io import read_frame, sequence_path, write_exr_atomic
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--out", type=Path, default=Path("lorafx-example"))
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the model's recommendation)")
     p.add_argument("--render-steps", type=int, default=20)
     args = p.parse_args()
 
@@ -32,7 +32,7 @@ def main() -> None:
     frames = range(shot.first, shot.last + 1)
 
     def load(pattern):
-        return {f: read_frame(pattern.replace("####", f"{f:04d}")).pixels for f in frames}
+        return {f: read_frame(sequence_path(pattern, f)).pixels for f in frames}
 
     with Client(args.endpoint, timeout_s=60) as c:
         print("server:", c.hello()["model"])
@@ -45,12 +45,12 @@ def main() -> None:
             if ev.get("event") == "progress" and ev.get("total"):
                 print(f"\r{ev['stage']:>10} {ev['step']}/{ev['total']}", end="", flush=True)
 
-        c.wait(c.train(shot.name, {"steps": args.steps}), on_progress=show)
+        c.wait(c.train(shot.name, {} if args.steps is None else {"steps": args.steps}), on_progress=show)
         c.wait(c.render(shot.name, steps=args.render_steps), on_progress=show)
         print()
         out = args.out / "result"
         for f, pixels in c.fetch_results(shot.name).items():
-            write_exr_atomic(out / f"result.{f:04d}.exr", pixels, ["R", "G", "B"][: pixels.shape[-1]] + ["A"][: max(0, pixels.shape[-1] - 3)])
+            write_exr_atomic(sequence_path(str(out / "result.####.exr"), f), pixels, ["R", "G", "B", "A"][: pixels.shape[-1]])
         print("wrote", out / "result.####.exr")
 
 
