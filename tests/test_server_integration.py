@@ -108,6 +108,27 @@ def test_train_render_bit_exact_outside_matte(server, bedroom_plate):
     assert exr.attributes.get("lorafx/seed") == 3 and exr.attributes.get("lorafx/lora_hash")
 
 
+def test_a_shot_longer_than_the_model_window_renders_window_by_window(server, bedroom_plate):
+    # 9 frames through 5-frame model windows: training on windows, rendering (0-5), (4-9) with the
+    # second window pinned to frame 1005; every frame comes back, the plate exact outside the matte.
+    plate, matte, edited = bedroom_plate
+    _, endpoint = server()
+    with Client(endpoint, timeout_s=60) as c:
+        _upload(c, "long010", plate, matte, edited, settings={"window_frames": 5, "window_overlap": 1})
+        assert c.wait(c.train("long010", {"steps": 2}), timeout=300)["state"] == "done"
+        events = []
+        rec = c.wait(c.render("long010", steps=2, cfg=1.0), on_progress=events.append, timeout=300)
+        assert rec["state"] == "done"
+        render_steps = [e["step"] for e in events if e.get("event") == "progress" and e.get("stage") == "render"]
+        assert max(render_steps) == 4 and {e["total"] for e in events if e.get("stage") == "render"} == {4}
+        results = c.fetch_results("long010", dtype="f16")
+    assert sorted(results) == list(range(FIRST, FIRST + N))
+    for f in range(FIRST, FIRST + N):
+        outside = matte[f][..., 0] == 0
+        assert np.array_equal(results[f][outside].view(np.uint16), plate[f][outside].view(np.uint16)), f"frame {f}"
+        assert np.isfinite(results[f].astype(np.float32)).all()
+
+
 BAD_SETTINGS = [
     ("feather_px", "soft", "shot setting 'feather_px' must be a number"),
     ("steps", "many", "training setting 'steps' must be a whole number"),
