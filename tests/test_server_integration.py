@@ -14,7 +14,7 @@ import zmq
 from lorafx.errors import InvalidInput, NotFound
 from lorafx.protocol.client import Client
 from lorafx.server.app.cli import start_server_process
-from lorafx.server.media.io import read_frame
+from lorafx.server.media.io import read_frame, write_exr_atomic
 
 FIRST, N = 1001, 9
 W, H = 192, 108  # the 960x540 bedroom plate, downscaled to keep CPU tests fast
@@ -169,6 +169,12 @@ def test_bad_input_over_the_wire(server, bedroom_plate, tmp_path):
             c.put_frames("bad", "matte", {FIRST: np.ones((40, 50), np.float32)})  # roles share the plate's size
         with pytest.raises(InvalidInput, match="unknown setting 'stepz'"):
             c.create_shot("bad2", FIRST, FIRST + 8, settings={"stepz": 3})
+        # path mode: a matte sequence unlike the plate is refused at shot.create, naming both files
+        write_exr_atomic(str(tmp_path / f"p.{FIRST}.exr"), plate[FIRST], ["R", "G", "B", "A"])
+        write_exr_atomic(str(tmp_path / f"m.{FIRST}.exr"), matte[FIRST][:50, :60], ["A"])
+        with pytest.raises(InvalidInput, match=r"matte .*m.1001.exr is 60x50 \(display window\) but the plate"):
+            c.create_shot("bad5", FIRST, FIRST + 8, plate=str(tmp_path / "p.####.exr"),
+                          matte=str(tmp_path / "m.####.exr"))
         with pytest.raises(InvalidInput, match="window_frames must be 4k\\+1"):
             c.create_shot("bad3", FIRST, FIRST + 8, settings={"window_frames": 20})
         # every setting a job would trip over is refused when it arrives, naming it (these used to

@@ -299,12 +299,18 @@ class LorafxService:
                  "inputs_rev": time.time_ns()}  # never reuses a replaced shot's LoRA cache key
         self._check_training(self._build_spec(name, first, last, paths, settings), settings)
         _refuse_render_only(settings, "the shot")
+        displays = {}
         for role in ("plate", "matte"):
             pattern = paths[role]
             if pattern:
                 probe = sequence_path(pattern, first)  # InvalidInput when it has no frame token
                 if not Path(probe).is_file():
                     raise NotFound(f"{role} sequence {pattern}: first frame {probe} not found", path=probe)
+                displays[role] = (probe, read_windows(probe)[1])  # roto may crop its data window, not this
+        if len(displays) == 2 and displays["plate"][1] != displays["matte"][1]:
+            (plate_file, plate_win), (matte_file, matte_win) = displays["plate"], displays["matte"]
+            raise InvalidInput(f"matte {matte_file} is {matte_win.width}x{matte_win.height} (display window) but "
+                               f"the plate {plate_file} is {plate_win.width}x{plate_win.height}")
         # everything is checked: only now may a replaced shot's files go
         if exists:
             old = self._shot(name).paths or {}
