@@ -9,6 +9,7 @@ import pytest
 
 from lorafx.errors import Busy, InvalidInput, NotFound
 from lorafx.server.jobs import JobQueue, JobStore
+from lorafx.server.jobs.queue import AFTER
 
 
 @pytest.fixture
@@ -73,6 +74,37 @@ def test_late_client_is_not_starved_by_a_backlog(store):
     finally:
         q.stop()
     assert order.index("B1") == 1  # right after the job that was running when bob submitted
+
+
+def test_a_job_queued_after_another_waits_without_holding_the_worker(store):
+    # Bob's render is queued behind alice's training. Round robin alone would run it first (bob has
+    # not been served, alice has), before the LoRA it needs exists; waiting inside the runner
+    # instead would hold the one worker the training needs.
+    gate, order = threading.Event(), []
+
+    def run(job, ctx):
+        if job.params.get("gate"):
+            gate.wait(10)
+        order.append(job.params["name"])
+        return {}
+
+    q = make_queue(store, {"train": run, "render": run})
+    q.start()
+    try:
+        busy = q.submit("train", "sh000", {"name": "busy", "gate": True}, client="alice")
+        time.sleep(0.2)  # alice is now served
+        train = q.submit("train", "sh010", {"name": "train"}, client="alice")
+        render = q.submit("render", "sh010", {"name": "render", AFTER: train}, client="bob")
+        unknown = q.submit("render", "sh030", {"name": "after-unknown", AFTER: "no-such-job"}, client="dave")
+        time.sleep(0.2)
+        assert q.status(render).state == "queued"
+        gate.set()
+        for j in (busy, train, render, unknown):
+            assert q.wait(j, timeout=10).state == "done"
+    finally:
+        q.stop()
+    assert order.index("render") > order.index("train"), order
+    assert order.index("after-unknown") < order.index("train"), order  # an unknown id holds nothing
 
 
 def test_cancel_queued_job_is_immediate_and_never_runs(store):

@@ -245,6 +245,30 @@ def test_a_refused_replace_keeps_the_old_shot(server, bedroom_plate):
         assert c.get_shot("keep")["frames"] == before
 
 
+def test_a_render_submitted_with_its_training_waits_for_it(server, bedroom_plate):
+    # A farm submits train and render together and walks away: the render waits in the queue for
+    # the LoRA the training makes; if that training does not succeed, the render says why.
+    plate, matte, edited = bedroom_plate
+    _, endpoint = server()
+    with Client(endpoint, timeout_s=30) as c:
+        _upload(c, "farm010", plate, matte, edited)
+        train = c.train("farm010", {"steps": 3})
+        render = c.render("farm010", steps=2, cfg=1.0)  # no LoRA exists yet: accepted, queued behind
+        trained = c.wait(train, timeout=300)
+        rendered = c.wait(render, timeout=300)
+        assert rendered["state"] == "done" and rendered["started_at"] >= trained["finished_at"]
+        assert sorted(c.fetch_results("farm010")) == list(range(FIRST, FIRST + N))
+        # a render queued behind a training that is then cancelled fails, naming that training
+        _upload(c, "farm020", plate, matte, edited)
+        train = c.train("farm020", {"steps": 100000})
+        render = c.render("farm020", steps=2, cfg=1.0)
+        c.cancel(train)
+        with pytest.raises(NotFound, match=f"the training job {train} this render was queued behind ended cancelled"):
+            c.wait(render, timeout=120)
+        with pytest.raises(NotFound, match="no trained LoRA"):
+            c.render("farm020")  # nothing pending and nothing trained: refused at once, as before
+
+
 def test_kill9_mid_training_resumes_from_checkpoint(server, bedroom_plate, tmp_path):
     plate, matte, edited = bedroom_plate
     state = tmp_path / "crash-state"

@@ -24,6 +24,7 @@ from lorafx.errors import Busy, InvalidInput, NotFound
 from lorafx.protocol import messages as M
 from lorafx.protocol.server import ProtocolServer, Request
 from lorafx.server.jobs import JobQueue, JobStore, get_metrics
+from lorafx.server.jobs.queue import AFTER
 from lorafx.server.jobs.lora_store import AdapterCache, LoraStore
 from lorafx.server.media.colour import ColourSettings, ColourTransform
 from lorafx.server.media.io import read_frame, read_windows, sequence_path, write_exr_atomic
@@ -431,7 +432,10 @@ class LorafxService:
         loras = (shot.paths or {}).get("loras") or {}
         overrides = dict(b.get("settings") or {})
         no_lora = bool(overrides.pop("no_lora", False))  # stock model, for A/B against the LoRA
-        if lora not in loras and not no_lora:
+        # A training of this LoRA still queued or running: the render waits for it in the queue and
+        # uses what it makes (a farm submits train and render together and walks away).
+        training = None if no_lora else self._pending_training(shot.name, lora)
+        if lora not in loras and not no_lora and training is None:
             raise NotFound(f"shot {shot.name} has no trained LoRA {lora!r} (run job.train first)", lora=lora)
         if req.body.get("frames"):
             self.h_shot_put_frames(Request(type=M.SHOT_PUT_FRAMES, id=req.id, peer=req.peer, arrays=req.arrays,
@@ -452,8 +456,16 @@ class LorafxService:
         if shot.frame_first not in spec.references:
             raise InvalidInput(f"shot {shot.name} has no edited first frame: upload a reference frame "
                                f"{shot.frame_first} (shot.put_frames role reference, or frames in job.render)")
-        return self._submit("render", shot.name, {"render": render, "settings": overrides, "lora": lora,
-                                                  "last": last, "no_lora": no_lora}, req)
+        params = {"render": render, "settings": overrides, "lora": lora, "last": last, "no_lora": no_lora}
+        if training is not None:
+            params[AFTER] = training
+        return self._submit("render", shot.name, params, req)
+
+    def _pending_training(self, shot: str, lora: str) -> str | None:
+        """The newest queued or running training job of `lora` on `shot`, if any."""
+        pending = [j for state in ("running", "queued") for j in self.queue.list(state=state, shot=shot, kind="train")
+                   if (j.params or {}).get("lora") == lora]
+        return max(pending, key=lambda j: j.seq).id if pending else None
 
     def h_job_mask(self, req: Request) -> dict:
         b = req.body
@@ -655,6 +667,16 @@ class LorafxService:
 
     def _run_render(self, job, ctx) -> dict:
         params = job.params
+        if params.get(AFTER):  # queued behind the training of its LoRA: that must have succeeded
+            try:
+                training = self.queue.status(params[AFTER])
+            except NotFound:
+                training = None
+            if training is None or training.state != "done":
+                why = "is gone" if training is None else (
+                    f"ended {training.state}" + (f": {training.error_message}" if training.error_message else ""))
+                raise NotFound(f"the training job {params[AFTER]} this render was queued behind {why}; "
+                               f"no LoRA {params['lora']!r} to render with", job=params[AFTER])
         spec = self.shot_spec(job.shot, params.get("settings"))
         if params.get("last") is not None:
             spec.last = int(params["last"])

@@ -8,6 +8,8 @@ touch the database.
 Fairness: the next job is the oldest queued job of the client served least recently (clients
 never served yet come first, oldest submission first). So one artist queueing ten renders does
 not hold back another artist's single job by more than one job; within a client it is FIFO.
+A job whose params name another job under AFTER stays queued until that job has ended (a render
+queued behind the training that makes its LoRA), and never holds a worker while it waits.
 
 Ordering guarantee: every event passed to ``on_event`` describes a state that is already
 committed to the database.
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lorafx.errors import Busy, Cancelled, InvalidInput, LorafxError
+from lorafx.errors import Busy, Cancelled, InvalidInput, LorafxError, NotFound
 
 from .metrics import LorafxMetrics
 from .store import DEFAULT_MAX_ATTEMPTS, Checkpoint, Job, JobStore
@@ -32,6 +34,8 @@ from .store import DEFAULT_MAX_ATTEMPTS, Checkpoint, Job, JobStore
 log = logging.getLogger("lorafx.jobs.queue")
 
 Runner = Callable[[Job, "JobContext"], Mapping[str, Any] | None]
+
+AFTER = "after"  # params key: the id of a job this one must not start before
 EventCallback = Callable[[str, dict], None]
 
 # Smoothing of the seconds-per-step estimate behind the ETA: recent steps dominate (the first
@@ -314,10 +318,21 @@ class JobQueue:
             heads.setdefault(job.client, job)
         return min(heads.values(), key=lambda j: (served.get(j.client, -1), j.seq))
 
+    def _waits(self, job: Job) -> bool:
+        """True while the job named in its params' AFTER has not ended (an unknown one does not
+        hold it back: its runner reports that)."""
+        after = (job.params or {}).get(AFTER)
+        if not after:
+            return False
+        try:
+            return not self.store.get_job(after).terminal
+        except NotFound:
+            return False
+
     def _claim(self, device_index: int) -> tuple[Job, JobContext] | None:
         """Under the lock: choose the next job, mark it running, register its context."""
         while True:
-            queued = self.store.queued_jobs()
+            queued = [j for j in self.store.queued_jobs() if not self._waits(j)]
             if not queued:
                 return None
             choice = self._pick(queued, self._served)
