@@ -28,6 +28,20 @@ def quick(job, ctx):
     return {"shot": job.shot}
 
 
+def gated_recorder():
+    """(gate, order, runner): the runner records job names in order; jobs with params
+    {"gate": True} wait for the gate first."""
+    gate, order = threading.Event(), []
+
+    def run(job, ctx):
+        if job.params.get("gate"):
+            gate.wait(10)
+        order.append(job.params["name"])
+        return {}
+
+    return gate, order, run
+
+
 def test_round_robin_across_clients_fifo_within_a_client(store):
     order = []
 
@@ -52,13 +66,7 @@ def test_round_robin_across_clients_fifo_within_a_client(store):
 
 
 def test_late_client_is_not_starved_by_a_backlog(store):
-    gate, order = threading.Event(), []
-
-    def run(job, ctx):
-        if job.params.get("gate"):
-            gate.wait(10)
-        order.append(job.params["name"])
-        return {}
+    gate, order, run = gated_recorder()
 
     q = make_queue(store, {"render": run})
     q.start()
@@ -80,13 +88,7 @@ def test_a_job_queued_after_another_waits_without_holding_the_worker(store):
     # Bob's render is queued behind alice's training. Round robin alone would run it first (bob has
     # not been served, alice has), before the LoRA it needs exists; waiting inside the runner
     # instead would hold the one worker the training needs.
-    gate, order = threading.Event(), []
-
-    def run(job, ctx):
-        if job.params.get("gate"):
-            gate.wait(10)
-        order.append(job.params["name"])
-        return {}
+    gate, order, run = gated_recorder()
 
     q = make_queue(store, {"train": run, "render": run})
     q.start()
