@@ -132,8 +132,11 @@ def submit(
     caption: str = typer.Option("", help="caption of the edited frame"),
     settings: str = typer.Option("{}", help="extra shot settings as JSON"),
     endpoint: str = typer.Option(DEFAULT_ENDPOINT),
+    wait: bool = typer.Option(True, help="follow both jobs; --no-wait prints their ids and returns (farm use)"),
 ):
-    """Create a shot from sequences on shared storage, train its LoRA and render it."""
+    """Create a shot from sequences on shared storage, train its LoRA and render it. Both jobs are
+    queued at once (the render waits on the server for the training), so a bad render setting
+    fails now, not after the training."""
     try:
         with _client(endpoint) as c:
             extra = json.loads(settings)
@@ -144,9 +147,18 @@ def submit(
                 f, p = item.split("=", 1)
                 refs[int(f)] = p
             c.put_frames(shot, "reference", refs)
-            rec = wait_with_progress(c, c.train(shot, {} if steps is None else {"steps": steps}), f"train {shot}")
+            train_job = c.train(shot, {} if steps is None else {"steps": steps})
+            try:
+                render_job = c.render(shot, seed=seed, steps=render_steps, cfg=cfg)
+            except LorafxError:
+                c.cancel(train_job)  # the render was refused: do not leave its training running
+                raise
+            if not wait:
+                print(f"train {train_job} render {render_job}")
+                return
+            rec = wait_with_progress(c, train_job, f"train {shot}")
             console.print(f"trained LoRA {rec['result'].get('lora')} ({rec['result'].get('key')})")
-            rec = wait_with_progress(c, c.render(shot, seed=seed, steps=render_steps, cfg=cfg), f"render {shot}")
+            rec = wait_with_progress(c, render_job, f"render {shot}")
             console.print(f"rendered {rec['result']['frames']} frames: {rec['result']['pattern']}")
             print(rec["result"]["pattern"])
     except LorafxError as e:
