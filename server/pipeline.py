@@ -250,7 +250,7 @@ def render_shot(stack: WanStack, inputs: PreparedShot, settings: RenderSettings,
         pinned = {i - a: _handover(source, keep, out, i) for i in range(a + 1, done)} or None
         video = render(stack, source[a:b], keep[a:b], first, settings, adapter, pinned=pinned,
                        on_progress=window_progress, should_stop=should_stop)
-        out[max(a, done):b] = video[max(a, done) - a:]
+        out[done:b] = video[done - a:]  # a <= done: windows start inside what is rendered
         done = b
     return out[: inputs.num_frames]
 

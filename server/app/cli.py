@@ -44,6 +44,11 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _train_request(steps: int | None, **settings) -> dict:
+    """job.train settings: `steps` only when given (else the model's recommendation applies)."""
+    return {**({} if steps is None else {"steps": steps}), **settings}
+
+
 def wait_with_progress(client, job: str, title: str) -> dict:
     """Follow a job's progress events with a progress bar; returns its final record."""
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -147,7 +152,7 @@ def submit(
                 f, p = item.split("=", 1)
                 refs[int(f)] = p
             c.put_frames(shot, "reference", refs)
-            train_job = c.train(shot, {} if steps is None else {"steps": steps})
+            train_job = c.train(shot, _train_request(steps))
             try:
                 render_job = c.render(shot, seed=seed, steps=render_steps, cfg=cfg)
             except LorafxError:
@@ -172,7 +177,7 @@ def train(shot: str, steps: Optional[int] = typer.Option(None, help="default: th
     """Train (or reuse the cached) LoRA of an existing shot."""
     try:
         with _client(endpoint) as c:
-            job = c.train(shot, {**({} if steps is None else {"steps": steps}), **json.loads(settings)})
+            job = c.train(shot, _train_request(steps, **json.loads(settings)))
             print(job)
             if wait:
                 wait_with_progress(c, job, f"train {shot}")
@@ -300,8 +305,7 @@ def demo(
                           settings=settings)
             c.put_frames(shot.name, "reference", {shot.first: shot.edited_first})
             t0 = time.monotonic()
-            train = {"seed": seed} if steps is None else {"steps": steps, "seed": seed}
-            wait_with_progress(c, c.train(shot.name, train), "train")
+            wait_with_progress(c, c.train(shot.name, _train_request(steps, seed=seed)), "train")
             rec = wait_with_progress(c, c.render(shot.name, seed=seed, steps=render_steps, cfg=cfg), "render")
             pattern = rec["result"]["pattern"]
             sheet = out / "contact_sheet.png"

@@ -105,6 +105,16 @@ def _refuse_render_only(settings: dict, where: str) -> None:
                            settings=render_only)
 
 
+def _merged(shot, overrides: dict | None) -> dict:
+    """A shot's stored settings with a request's overrides on top."""
+    return {**(shot.settings or {}), **(overrides or {})}
+
+
+def _check_colour(spec: ShotSpec) -> None:
+    """Resolve the shot's OCIO config, colour spaces and highlight mode now, as a job would."""
+    ColourTransform(ColourSettings(**spec.colour))
+
+
 def _result_pattern(out_dir: Path) -> str:
     """A render job's result EXR sequence."""
     return str(out_dir / "result.####.exr")
@@ -199,8 +209,7 @@ class LorafxService:
         refs = {int(k): v for k, v in (paths.get("references") or {}).items()}
         for f in self._stored_frames(name, "reference"):
             refs.setdefault(f, sequence_path(self._role_pattern(name, "reference"), f))
-        return self._build_spec(name, shot.frame_first, shot.frame_last, paths,
-                                {**(shot.settings or {}), **(overrides or {})}, refs)
+        return self._build_spec(name, shot.frame_first, shot.frame_last, paths, _merged(shot, overrides), refs)
 
     def _build_spec(self, name: str, first: int, last: int, paths: dict, settings: dict,
                     refs: dict[int, str] | None = None) -> ShotSpec:
@@ -230,8 +239,8 @@ class LorafxService:
         """What a training job would find wrong in a shot's settings (`spec` is built from them,
         so its own checks have run), found now: the request that brings a bad setting fails,
         naming it, not a job minutes later. Render settings come from the render request."""
-        TrainSettings.from_dict({**self.model.train_defaults, **split_settings(settings)[0]})
-        ColourTransform(ColourSettings(**spec.colour))  # config, colour spaces, highlight mode
+        self._train_settings(settings)
+        _check_colour(spec)
 
     def shot_record(self, name: str) -> dict:
         shot = self._shot(name)
@@ -405,9 +414,9 @@ class LorafxService:
         pending = [j.id for j in self.queue.pending()]
         return {"job": job_id, "state": "queued", "position": pending.index(job_id) if job_id in pending else 0}
 
-    def _train_settings(self, shot, overrides: dict | None) -> TrainSettings:
-        """The model's recommended settings, under the shot's, under the job's."""
-        train, _, _ = split_settings({**self.model.train_defaults, **(shot.settings or {}), **(overrides or {})})
+    def _train_settings(self, settings: dict) -> TrainSettings:
+        """The model's recommended settings beneath `settings` (the shot's under the job's)."""
+        train, _, _ = split_settings({**self.model.train_defaults, **settings})
         return TrainSettings.from_dict(train)
 
     def h_job_train(self, req: Request) -> dict:
@@ -416,7 +425,7 @@ class LorafxService:
         overrides = dict(b.get("settings") or {})
         self._check_server_switches(overrides)
         _refuse_render_only(overrides, "job.train")
-        self._check_training(self.shot_spec(shot.name, overrides), {**(shot.settings or {}), **overrides})
+        self._check_training(self.shot_spec(shot.name, overrides), _merged(shot, overrides))
         if not self._stored_frames(shot.name, "plate") and not (shot.paths or {}).get("plate"):
             raise InvalidInput(f"shot {shot.name} has no plate frames yet (shot.put_frames role plate)")
         if not self._stored_frames(shot.name, "matte") and not (shot.paths or {}).get("matte"):
@@ -452,7 +461,7 @@ class LorafxService:
                 render[key] = b[key]
         RenderSettings.from_dict(render)
         spec = self.shot_spec(shot.name, overrides)
-        ColourTransform(ColourSettings(**spec.colour))
+        _check_colour(spec)
         if shot.frame_first not in spec.references:
             raise InvalidInput(f"shot {shot.name} has no edited first frame: upload a reference frame "
                                f"{shot.frame_first} (shot.put_frames role reference, or frames in job.render)")
@@ -608,7 +617,7 @@ class LorafxService:
         params = job.params
         spec = self.shot_spec(job.shot, params.get("settings"))
         shot = self._shot(job.shot)
-        settings = self._train_settings(shot, params.get("settings"))
+        settings = self._train_settings(_merged(shot, params.get("settings")))
         # the key covers settings, model, patterns and the shot's inputs revision (bumped by every
         # upload), so re-uploaded pixels under the same patterns never reuse a stale adapter
         key = lora_key(spec, settings, f"{self.model.name}#rev{(shot.paths or {}).get('inputs_rev', 0)}")
