@@ -472,8 +472,10 @@ class LorafxService:
 
     def _pending_training(self, shot: str, lora: str) -> str | None:
         """The newest queued or running training job of `lora` on `shot`, if any."""
-        pending = [j for state in ("running", "queued") for j in self.queue.list(state=state, shot=shot, kind="train")
-                   if (j.params or {}).get("lora") == lora]
+        # one query, not one per state: a job moving from queued to running between two queries
+        # would be missed by both
+        pending = [j for j in self.queue.list(shot=shot, kind="train")
+                   if not j.terminal and (j.params or {}).get("lora") == lora]
         return max(pending, key=lambda j: j.seq).id if pending else None
 
     def h_job_mask(self, req: Request) -> dict:
